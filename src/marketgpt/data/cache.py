@@ -1,0 +1,72 @@
+"""Parquet cache: one file per asset under `<data_dir>/<provider>/`, with its provenance in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import MarketGPTError
+
+META_KEY = b"marketgpt"
+
+
+def default_data_dir(data_dir: str | Path | None = None) -> Path:
+    """`data_dir` if given, else $MARKETGPT_DATA, else ./data."""
+    return Path(data_dir or os.environ.get("MARKETGPT_DATA") or "data")
+
+
+@dataclass
+class Provenance:
+    provider: str
+    provider_symbol: str
+    requested_start: str
+    requested_end: str
+    fetched_at: str
+    source: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class CandleCache:
+    def __init__(self, data_dir: str | Path | None, provider: str):
+        self.root = default_data_dir(data_dir) / provider.split(":")[0]
+
+    def path(self, symbol: str) -> Path:
+        return self.root / f"{symbol}.parquet"
+
+    def exists(self, symbol: str) -> bool:
+        return self.path(symbol).exists()
+
+    def write(self, symbol: str, candles: pd.DataFrame, provenance: Provenance) -> Path:
+        """Write atomically (temp file + rename) so an interrupted download never leaves a half file."""
+        path = self.path(symbol)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(candles.reset_index(drop=True), preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[META_KEY] = json.dumps(provenance.__dict__, sort_keys=True).encode()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def provenance(self, symbol: str) -> Provenance | None:
+        if not self.exists(symbol):
+            return None
+        meta = pq.read_schema(self.path(symbol)).metadata or {}
+        if META_KEY not in meta:
+            raise MarketGPTError(f"{self.path(symbol)}: not a marketgpt cache file (no provenance)")
+        return Provenance(**json.loads(meta[META_KEY]))
+
+    def read(self, symbol: str) -> pd.DataFrame:
+        path = self.path(symbol)
+        try:
+            return pd.read_parquet(path)
+        except FileNotFoundError:
+            raise MarketGPTError(f"asset {symbol}: not cached at {path}") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise MarketGPTError(f"{path}: unreadable cache file ({exc}); delete it and download again") from None

@@ -1,0 +1,95 @@
+"""Download a universe into the cache, fetching only the dates the cache does not have yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from ..errors import MarketGPTError
+from ..progress import progress
+from .cache import CandleCache, Provenance
+from .providers import Provider
+from .validate import validate_candles
+
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass
+class DownloadReport:
+    updated: dict[str, int] = field(default_factory=dict)   # symbol -> new rows written
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)    # symbol -> one-line reason
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _missing_ranges(prov: Provenance | None, cached: pd.DataFrame | None, start: str, end: str) -> list[tuple[str, str]]:
+    """Date ranges to fetch: before what was requested earlier, and after the last cached candle."""
+    if prov is None or cached is None or cached.empty:
+        return [(start, end)]
+    ranges = []
+    if start and (not prov.requested_start or start < prov.requested_start):
+        first = cached.date.min() - DAY
+        ranges.append((start, first.strftime("%Y-%m-%d")))
+    after = (cached.date.max() + DAY).strftime("%Y-%m-%d")
+    if not end or after <= end:
+        ranges.append((after, end))
+    return ranges
+
+
+def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start: str, end: str,
+                 policy: str) -> tuple[int, dict[str, int]]:
+    """Fetch what is missing for one asset, validate it and merge it into the cache; return (new rows, dropped)."""
+    prov = cache.provenance(asset.symbol)
+    cached = cache.read(asset.symbol) if prov else None
+    ranges = _missing_ranges(prov, cached, start, end)
+    parts = [] if cached is None else [cached]
+    dropped = dict(prov.dropped) if prov else {}
+    source = prov.source if prov else ""
+    new_rows = 0
+    for lo, hi in ranges:
+        try:
+            fetched = provider.fetch(asset, lo or None, hi or None)
+        except MarketGPTError:
+            if cached is not None:
+                continue   # nothing new in this range
+            raise
+        candles, counts = validate_candles(fetched.frame, f"{fetched.source} (asset {asset.symbol})", policy,
+                                           fetched.row_label)
+        for rule, n in counts.items():
+            dropped[rule] = dropped.get(rule, 0) + n
+        new_rows += len(candles)
+        parts.append(candles)
+        source = fetched.source
+    if not new_rows and cached is not None:
+        return 0, dropped
+    merged = pd.concat(parts, ignore_index=True).drop_duplicates("date", keep="last").sort_values("date")
+    if merged.empty:
+        raise MarketGPTError(f"{source or provider.name} (asset {asset.symbol}): no valid candles")
+    requested_start = min(filter(None, [start, prov.requested_start if prov else ""]), default="")
+    cache.write(asset.symbol, merged, Provenance(
+        provider=provider.name, provider_symbol=provider.provider_symbol(asset),
+        requested_start=requested_start, requested_end=end or "",
+        fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source, dropped=dropped))
+    return new_rows, dropped
+
+
+def download_universe(universe: pd.DataFrame, provider: Provider, cache: CandleCache, start: str = "",
+                      end: str = "", policy: str = "fail") -> DownloadReport:
+    """Update every asset; one asset's failure is reported and does not stop the others."""
+    report = DownloadReport()
+    for asset in progress(list(universe.itertuples(index=False)), desc=f"download ({provider.name})"):
+        asset = pd.Series(asset._asdict())
+        try:
+            rows, dropped = update_asset(asset, provider, cache, start, end, policy)
+        except MarketGPTError as exc:
+            report.failed[asset.symbol] = str(exc)
+            continue
+        if rows:
+            report.updated[asset.symbol] = rows
+        else:
+            report.unchanged.append(asset.symbol)
+        if dropped:
+            report.dropped[asset.symbol] = dropped
+    return report

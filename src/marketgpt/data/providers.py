@@ -1,0 +1,245 @@
+"""Candle providers: each returns raw daily candles of one asset (date, open, high, low, close, volume).
+
+Validation and caching happen downstream; a provider only fetches and names its source.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..errors import MarketGPTError
+from .validate import normalize_columns
+
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Fetched:
+    """Raw candles of one asset and where they came from (used in error messages and provenance)."""
+
+    frame: pd.DataFrame   # for files, the index holds each row's line number in the file
+    source: str
+    row_label: str = "row"
+
+
+class Provider:
+    name = "provider"
+    offline = False
+
+    def fetch(self, asset: pd.Series, start: str | None, end: str | None) -> Fetched:
+        raise NotImplementedError
+
+    def provider_symbol(self, asset: pd.Series) -> str:
+        return asset.symbol
+
+
+def _between(frame: pd.DataFrame, start: str | None, end: str | None) -> pd.DataFrame:
+    dates = pd.to_datetime(frame["date"].astype(str).str.slice(0, 10), errors="coerce")
+    keep = pd.Series(True, index=frame.index)
+    if start:
+        keep &= ~(dates < pd.Timestamp(start))
+    if end:
+        keep &= ~(dates > pd.Timestamp(end))
+    return frame.loc[keep]
+
+
+class SampleProvider(Provider):
+    """Real daily series shipped inside registry packages, so the pipeline runs offline.
+
+    SPX and IXIC: S&P 500 and NASDAQ Composite daily 1999-2018 (package `arch`);
+    GOOG: Alphabet daily 2004-2013 (package `backtesting`).
+    """
+
+    name = "sample"
+    offline = True
+
+    @staticmethod
+    def _load(symbol: str) -> pd.DataFrame:
+        if symbol == "SPX":
+            from arch.data import sp500
+
+            return sp500.load()
+        if symbol == "IXIC":
+            from arch.data import nasdaq
+
+            return nasdaq.load()
+        if symbol == "GOOG":
+            from backtesting.test import GOOG
+
+            return GOOG.copy()
+        raise MarketGPTError(f"sample: unknown ticker '{symbol}' (the sample universe has SPX, IXIC, GOOG)")
+
+    def fetch(self, asset, start, end):
+        raw = self._load(asset.symbol).drop(columns=["Adj Close"], errors="ignore")
+        frame = raw.rename_axis("date").reset_index()
+        return Fetched(_between(frame, start, end), f"sample:{asset.symbol}")
+
+
+class FilesProvider(Provider):
+    """A folder of per-symbol CSV or Parquet files: `<root>/<category>/<SYMBOL>.csv.gz` or `<root>/<SYMBOL>.csv`."""
+
+    name = "files"
+    offline = True
+    SUFFIXES = (".csv.gz", ".csv", ".parquet")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise MarketGPTError(f"files provider: folder {self.root} does not exist")
+
+    def path_of(self, asset: pd.Series) -> Path:
+        for folder in (self.root / str(asset.category), self.root):
+            for suffix in self.SUFFIXES:
+                path = folder / f"{asset.symbol}{suffix}"
+                if path.exists():
+                    return path
+        raise MarketGPTError(f"files provider: no file for asset {asset.symbol} under {self.root} "
+                             f"(looked for {asset.category}/{asset.symbol}.csv[.gz|.parquet] and {asset.symbol}.*)")
+
+    def fetch(self, asset, start, end):
+        path = self.path_of(asset)
+        frame = normalize_columns(read_candle_file(path), str(path))
+        return Fetched(_between(frame, start, end), str(path), "line")
+
+
+def read_candle_file(path: Path) -> pd.DataFrame:
+    """Read a CSV (optionally gzip, as strings, indexed by line number) or a Parquet file (indexed by row)."""
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path).reset_index(drop=True)
+            frame.index += 1
+            return frame
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.ParserError as exc:
+        raise MarketGPTError(f"{path}: corrupt CSV: {str(exc).strip()}") from None
+    except pd.errors.EmptyDataError:
+        raise MarketGPTError(f"{path}: the file is empty") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as exc:
+        raise MarketGPTError(f"{path}: unreadable file ({exc.__class__.__name__}: {exc})") from None
+    frame.index += 2
+    return frame[(frame != "").any(axis=1)]
+
+
+class YFinanceProvider(Provider):
+    """Daily candles from Yahoo Finance through `yfinance` (stocks, ETFs, futures, FX, crypto-USD)."""
+
+    name = "yfinance"
+
+    def __init__(self, download: Callable | None = None):
+        self._download = download
+
+    def provider_symbol(self, asset):
+        return asset.yfinance or asset.symbol
+
+    def fetch(self, asset, start, end):
+        ticker = self.provider_symbol(asset)
+        download = self._download
+        if download is None:
+            import yfinance
+
+            download = yfinance.download
+        end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d") if end else None
+        raw = download(ticker, start=start or "1990-01-01", end=end_exclusive, interval="1d",
+                       auto_adjust=False, actions=False, progress=False)
+        if raw is None or len(raw) == 0:
+            raise MarketGPTError(f"yfinance: no data for {asset.symbol} (ticker {ticker}) between {start or 'the start'} "
+                                 f"and {end or 'today'}: unknown ticker, delisted, or no candles in that range")
+        if isinstance(raw.columns, pd.MultiIndex):
+            level = 0 if "Close" in raw.columns.get_level_values(0) else 1
+            raw = raw.copy()
+            raw.columns = raw.columns.get_level_values(level)
+        frame = raw.drop(columns=["Adj Close"], errors="ignore").rename_axis("date").reset_index()
+        return Fetched(frame, f"yfinance:{ticker}")
+
+
+class CCXTProvider(Provider):
+    """Daily klines from an exchange through `ccxt`, paginated with since/limit, paced by the exchange's rate limit.
+
+    The current day's kline is still forming and is left out.
+    """
+
+    name = "ccxt"
+
+    def __init__(self, exchange_id: str = "binance", exchange=None, limit: int = 1000,
+                 sleep: Callable[[float], None] = time.sleep, max_retries: int = 5,
+                 now: Callable[[], float] = time.time):
+        self.exchange_id = exchange_id
+        self._exchange = exchange
+        self.limit = limit
+        self.sleep = sleep
+        self.max_retries = max_retries
+        self.now = now
+
+    @property
+    def exchange(self):
+        if self._exchange is None:
+            import ccxt
+
+            self._exchange = getattr(ccxt, self.exchange_id)({"enableRateLimit": False})
+        return self._exchange
+
+    def provider_symbol(self, asset):
+        if not asset.ccxt:
+            raise MarketGPTError(f"ccxt: asset {asset.symbol} has no ccxt market in the universe (column 'ccxt')")
+        return asset.ccxt
+
+    def _page(self, market: str, since: int) -> list:
+        import ccxt
+
+        pause = self.exchange.rateLimit / 1000
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self.exchange.fetch_ohlcv(market, "1d", since=since, limit=self.limit)
+            except (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.NetworkError):
+                if attempt == self.max_retries:
+                    raise
+                pause *= 2
+                self.sleep(pause)
+            except ccxt.BadSymbol:
+                raise MarketGPTError(f"ccxt {self.exchange_id}: unknown market '{market}'") from None
+        return []
+
+    def fetch(self, asset, start, end):
+        market = self.provider_symbol(asset)
+        since = int(pd.Timestamp(start or "2010-01-01").timestamp() * 1000)
+        stop = int(pd.Timestamp(end).timestamp() * 1000) if end else None
+        rows: list = []
+        while True:
+            page = self._page(market, since)
+            rows.extend(page)
+            if not page or len(page) < self.limit or (stop is not None and page[-1][0] >= stop):
+                break
+            since = page[-1][0] + DAY_MS
+            self.sleep(self.exchange.rateLimit / 1000)
+        finished = int(self.now() * 1000) - DAY_MS
+        rows = [row for row in rows if row[0] <= finished]
+        if not rows:
+            raise MarketGPTError(f"ccxt {self.exchange_id}: no candles for {asset.symbol} ({market}) from {start or '2010-01-01'}")
+        frame = pd.DataFrame(rows, columns=["timestamp", "open", "high", "low", "close", "volume"])
+        frame.insert(0, "date", pd.to_datetime(frame.pop("timestamp"), unit="ms").dt.strftime("%Y-%m-%d"))
+        return Fetched(_between(frame, start, end), f"ccxt:{self.exchange_id}:{market}")
+
+
+PROVIDERS = ("sample", "files", "yfinance", "ccxt")
+
+
+def get_provider(name: str, root: str | Path | None = None) -> Provider:
+    """Build a provider by name; `files` takes the folder as `files:PATH` or `root`."""
+    kind, _, arg = name.partition(":")
+    if kind == "sample":
+        return SampleProvider()
+    if kind == "files":
+        if not (arg or root):
+            raise MarketGPTError("files provider needs a folder: --provider files:PATH")
+        return FilesProvider(arg or root)
+    if kind == "yfinance":
+        return YFinanceProvider()
+    if kind == "ccxt":
+        return CCXTProvider(arg or "binance")
+    raise MarketGPTError(f"unknown provider '{name}'; choose one of {', '.join(PROVIDERS)} (files:PATH, ccxt:EXCHANGE)")

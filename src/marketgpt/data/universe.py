@@ -1,0 +1,58 @@
+"""Universes: the assets of a case, as CSV files shipped with the package or given by the user."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import MarketGPTError
+
+CASES = ("sample", "a", "b", "c")
+CATEGORIES = ("us_stocks", "eu_stocks", "emerging", "commodities", "crypto", "indices", "fx")
+REQUIRED = ("symbol", "category")
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._=^-]+$")
+
+
+def universe_path(case_or_path: str) -> Path:
+    """Resolve a case name (`a`, `case_a`, `sample`) or a path to a universe CSV."""
+    name = case_or_path.lower().removeprefix("case_")
+    if name in CASES:
+        return Path(str(resources.files("marketgpt") / "universes" / f"{'sample' if name == 'sample' else 'case_' + name}.csv"))
+    path = Path(case_or_path)
+    if not path.exists():
+        raise MarketGPTError(f"unknown universe '{case_or_path}': not one of {', '.join(CASES)} and no such file")
+    return path
+
+
+def load_universe(case_or_path: str) -> pd.DataFrame:
+    """Read and check a universe CSV: one row per asset with at least `symbol` and `category`."""
+    path = universe_path(case_or_path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise MarketGPTError(f"{path}: unreadable universe CSV ({exc})") from None
+    frame.columns = [c.strip().lower() for c in frame.columns]
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise MarketGPTError(f"{path}: missing column(s) {', '.join(missing)}; expected symbol,category[,name,yfinance,ccxt]")
+    for column in ("name", "yfinance", "ccxt"):
+        if column not in frame.columns:
+            frame[column] = ""
+    frame = frame.apply(lambda col: col.str.strip())
+    for i, row in enumerate(frame.itertuples(index=False), start=2):
+        if not row.symbol or not SYMBOL_PATTERN.match(row.symbol):
+            raise MarketGPTError(f"{path}: line {i}: invalid symbol '{row.symbol}'")
+        if not row.category:
+            raise MarketGPTError(f"{path}: line {i}: asset {row.symbol} has no category")
+        if row.category not in CATEGORIES:
+            raise MarketGPTError(f"{path}: line {i}: asset {row.symbol} has unknown category '{row.category}' (known: {', '.join(CATEGORIES)})")
+    duplicated = frame.symbol[frame.symbol.duplicated()]
+    if len(duplicated):
+        raise MarketGPTError(f"{path}: duplicate symbol '{duplicated.iloc[0]}'")
+    if frame.empty:
+        raise MarketGPTError(f"{path}: the universe has no assets")
+    frame.loc[frame.yfinance == "", "yfinance"] = frame.symbol
+    return frame.reset_index(drop=True)
