@@ -48,6 +48,52 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def launch_local_ddp(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this node."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "marketgpt.cli", *argv]
+    env = dict(os.environ, MARKETGPT_LAUNCHED="1")
+    return subprocess.call(cmd, env=env)
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def cmd_train(args) -> int:
+    import os
+
+    if args.num_gpus > 1 and not os.environ.get("MARKETGPT_LAUNCHED") and "LOCAL_RANK" not in os.environ:
+        return launch_local_ddp(args.num_gpus, strip_option(sys.argv[1:], "--num-gpus"))
+    from .config import load_config
+    from .train import train
+
+    if args.config is None and args.resume is None:
+        raise MarketGPTError("train: give a CONFIG file, or --resume RUN_DIR")
+    cfg = None
+    if args.resume is None:
+        overrides = list(args.set)
+        if args.gradient_checkpointing:
+            overrides.append("training.gradient_checkpointing=true")
+        if args.compile:
+            overrides.append("training.compile=true")
+        cfg = load_config(args.config, overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="marketgpt", description="Pretrain GPT-style models on tokenized market candles and evaluate them honestly.")
@@ -66,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_sub.add_parser("info", help="per asset: rows, first/last date, gaps, dropped rows; totals per category")
     _universe_args(info)
     info.set_defaults(func=cmd_data_info)
+
+    tr = sub.add_parser("train", help="train a config on CPU, one GPU, or N GPUs with DDP; resume a run")
+    tr.add_argument("config", nargs="?", help="config JSON (configs/sample.json, configs/case_a.json, ...)")
+    tr.add_argument("--num-gpus", type=int, default=1,
+                    help="launch N DDP processes on this node with torchrun (CPU processes with gloo when no GPU)")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run directory from its last checkpoint")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value, e.g. --set training.batch_size=16 (repeatable)")
+    tr.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

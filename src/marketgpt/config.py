@@ -98,7 +98,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise MarketGPTError(f"{source}: the top level must be a JSON object")
-    known_top = ["name", *SECTIONS]
+    known_top = ["name", "run", *SECTIONS]   # "run": metadata the trainer writes into a run's config.json
     for key in raw:
         if key not in known_top:
             raise _unknown_key(key, known_top, source)
