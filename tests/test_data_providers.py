@@ -140,7 +140,7 @@ def test_second_download_fetches_only_missing_dates(tmp_path):
 
 
 def test_load_candles_requires_a_download_for_network_providers(tmp_path):
-    with pytest.raises(MarketGPTError, match="not cached .* marketgpt data download"):
+    with pytest.raises(MarketGPTError, match="not cached under .*`marketgpt data download"):
         load_candles(load_universe("c"), "ccxt", tmp_path)
 
 
