@@ -1,0 +1,222 @@
+"""MarketGPT: a GPT over daily candles, each candle a tuple of C channel tokens (close, open, upper, lower [, volume]).
+
+Input at position t: the sum of the C channel-token embeddings of candle t, a projection of the asset and category
+embeddings, and a learned position embedding. A stack of pre-LN transformer blocks with causal attention gives the
+final hidden state h_t, which sees candles 0..t only.
+
+Output: C heads predicting candle t+1 one channel after the other (close first). Channel k of candle t+1 is read from
+    z_tk = LayerNorm(h_t + sum_{j<k} E_j(y_j))        logits_tk = z_tk @ W_k
+where y = candle t+1 and E_j are conditioning embedding tables (separate from the input tables). In training y is the
+target (teacher forcing): one forward pass gives every channel of every position at once, via an exclusive cumulative
+sum over the channel axis and one batched matmul over the channels. In generation the channels are sampled in order,
+each conditioned on the ones sampled before it, so a sampled candle is one coherent draw of the joint distribution.
+The close head conditions on nothing from candle t+1: its distribution is exact without targets.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.dropout = cfg.num_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = (a.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for a in self.qkv(x).split(D, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(cfg.d_model), CausalSelfAttention(cfg)
+        self.ln2, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class MarketGPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_channels: int, num_assets: int, num_categories: int):
+        super().__init__()
+        if num_channels < 1 or num_assets < 1 or num_categories < 1:
+            raise ValueError(f"need num_channels, num_assets, num_categories >= 1, got {num_channels}, {num_assets}, {num_categories}")
+        if cfg.d_model % cfg.num_heads:
+            raise ValueError(f"d_model ({cfg.d_model}) must be divisible by num_heads ({cfg.num_heads})")
+        self.cfg, self.num_channels = cfg, num_channels
+        C, V, D = num_channels, cfg.vocab_size, cfg.d_model
+        # Embedding tables: channel k's token v is row k*V + v of one table.
+        self.tok_emb = nn.Embedding(C * V, D)
+        self.cond_emb = nn.Embedding((C - 1) * V, D) if C > 1 else None   # channel C-1 never conditions anything
+        self.asset_emb = nn.Embedding(num_assets, cfg.asset_embed_dim)
+        self.category_emb = nn.Embedding(num_categories, cfg.category_embed_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, D)
+        self.register_buffer("offsets", torch.arange(C) * V, persistent=False)
+        self.meta_proj = nn.Linear(cfg.asset_embed_dim + cfg.category_embed_dim, D)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(D)
+        self.ln_head = nn.LayerNorm(D)
+        self.head = nn.Parameter(torch.empty(C, D, V))   # channel k's output projection is head[k]
+        self.gradient_checkpointing = False
+        self.apply(self._init_weights)
+        nn.init.normal_(self.head, mean=0.0, std=0.02)
+        for block in self.blocks:   # GPT-2: scale the projections into the residual stream by 1/sqrt(2L)
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.num_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # --- trunk ------------------------------------------------------------------------------------
+    def hidden(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm hidden states (B, T, d_model) of candles tokens (B, T, C); h[:, t] sees candles <= t."""
+        B, T, C = tokens.shape
+        if T > self.cfg.context_length:
+            raise ValueError(f"sequence length {T} exceeds context_length {self.cfg.context_length}")
+        if C != self.num_channels:
+            raise ValueError(f"tokens have {C} channels, the model {self.num_channels}")
+        meta = self.meta_proj(torch.cat([self.asset_emb(asset), self.category_emb(category)], dim=-1))   # (B, D)
+        x = self.tok_emb(tokens + self.offsets).sum(2) + self.pos_emb.weight[:T] + meta[:, None]
+        x = self.drop(x)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.ln_f(x)
+
+    # --- conditional heads -------------------------------------------------------------------------
+    def channel_logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, T, n, V) of the next candle's channels 0..n-1 from hidden states h (B, T, D).
+
+        targets (B, T, j) holds the first j channels of the next candle (all C in training); channel k is
+        conditioned on targets[..., :k], so n = min(j + 1, C) channels are computable: None (j = 0) gives the close
+        channel alone. Channel k's logits never depend on targets[..., k:] nor on other positions' targets.
+        """
+        n = 1 if targets is None else min(targets.shape[-1] + 1, self.num_channels)
+        z = h.unsqueeze(2)                                                       # (B, T, 1, D)
+        if n > 1:
+            e = self.cond_emb(targets[..., :n - 1] + self.offsets[:n - 1])       # (B, T, n-1, D)
+            z = z + F.pad(e.cumsum(2), (0, 0, 1, 0))                             # exclusive cumsum: (B, T, n, D)
+        z = self.ln_head(z)
+        return torch.einsum("btcd,cdv->btcv", z, self.head[:n])
+
+    def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss). With targets (B, T, C) = candle t+1 at each t: teacher-forced logits (B, T, C, V) and the
+        mean cross-entropy over positions and channels. Without targets: the close channel's logits (B, T, 1, V)
+        (the other channels need the earlier channels of the next candle: see channel_logits / sample_next), loss None.
+
+        The (B, T, C, V) logits are a permuted view of a contiguous (C, B, T, V) buffer; logits.permute(2, 0, 1, 3)
+        is contiguous, so a loss over that layout (with targets permuted the same way) avoids copying the logits.
+        """
+        logits = self.channel_logits(self.hidden(tokens, asset, category), targets)
+        if targets is None:
+            return logits, None
+        V = logits.shape[-1]
+        loss = F.cross_entropy(logits.permute(2, 0, 1, 3).reshape(-1, V).float(), targets.permute(2, 0, 1).reshape(-1))
+        return logits, loss
+
+    # --- generation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_next(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor, temperature: float = 1.0,
+                    top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample the candle (B, C) after tokens (B, T, C), channel by channel (close first), each channel conditioned
+        on those sampled before it. temperature 0 gives the argmax of each channel (greedy). The context is cropped
+        to the last context_length candles. Runs in eval mode and restores the previous mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            h = self.hidden(tokens[:, -self.cfg.context_length:], asset, category)[:, -1:]   # (B, 1, D)
+            out = tokens.new_empty(tokens.shape[0], 1, 0)
+            for k in range(self.num_channels):
+                logits = self.channel_logits(h, out)[:, 0, k].float()                      # (B, V)
+                out = torch.cat([out, _sample(logits, temperature, top_k, generator).view(-1, 1, 1)], dim=2)
+        finally:
+            self.train(was_training)
+        return out[:, 0]
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor, steps: int,
+                 temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append `steps` sampled candles to tokens (B, T, C): returns (B, T + steps, C)."""
+        for _ in range(steps):
+            nxt = self.sample_next(tokens, asset, category, temperature, top_k, generator)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        return tokens
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def embedding_tables(self) -> list[nn.Embedding]:
+        return [m for m in (self.tok_emb, self.cond_emb, self.asset_emb, self.category_emb, self.pos_emb) if m is not None]
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """All parameters, or without the embedding tables (token, conditioning, asset, category, position); the
+        output heads and the asset/category projection count as non-embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(m.weight.numel() for m in self.embedding_tables())
+        return n
+
+    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float] = (0.9, 0.95),
+                            fused: bool | None = None) -> torch.optim.AdamW:
+        """AdamW with weight decay on the >= 2-D weights (linear layers, heads), none on biases, LayerNorms and
+        embedding tables. fused: None or True = use the fused CUDA kernel when every parameter is on CUDA and this
+        torch has it; False = never."""
+        embeddings = {id(m.weight) for m in self.embedding_tables()}
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
+        no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
+        use_fused = (fused is not False and "fused" in inspect.signature(torch.optim.AdamW).parameters
+                     and all(p.is_cuda for p in params))
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if use_fused else {}))
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of logits (B, V): argmax at temperature 0, else softmax(logits / temperature) over the top_k."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def flops_per_token(cfg: ModelConfig, n_params_non_embedding: int) -> float:
+    """Training FLOPs (forward + backward) per position (one candle of C tokens): 6N for the weights plus
+    12 * L * d_model * T for attention scores and values over the full context T (PaLM / nanoGPT estimate)."""
+    return 6.0 * n_params_non_embedding + 12.0 * cfg.num_layers * cfg.d_model * cfg.context_length
