@@ -48,6 +48,37 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def _universe_candles(args):
+    from .data import load_candles, load_universe
+
+    universe = load_universe(args.universe)
+    return load_candles(universe, args.provider or default_provider(args.universe), args.data_dir)
+
+
+def cmd_tokenizer_fit(args) -> int:
+    from .data import time_split
+    from .tokenizer import CandleTokenizer, format_inspection, inspect_tokenizer
+
+    candles = _universe_candles(args)
+    split = time_split(candles, args.train_ratio, args.val_ratio)
+    train = candles[split.assign(candles.date) == 0]
+    tokenizer = CandleTokenizer(args.vocab_size, use_volume=args.volume).fit(train)
+    out = args.output or f"tokenizer_{args.universe.lower()}_{args.vocab_size}.json"
+    tokenizer.save(out)
+    print(f"fitted on {len(train):,} training candles up to {split.train_end:%Y-%m-%d}; wrote {out}")
+    print(format_inspection(inspect_tokenizer(tokenizer, candles)))
+    return 0
+
+
+def cmd_tokenizer_inspect(args) -> int:
+    from .tokenizer import CandleTokenizer, format_inspection, inspect_tokenizer
+
+    tokenizer = CandleTokenizer.load(args.path)
+    frame = _universe_candles(args) if args.universe else None
+    print(format_inspection(inspect_tokenizer(tokenizer, frame), max_assets=None))
+    return 0
+
+
 def launch_local_ddp(nproc: int, argv: list[str]) -> int:
     """Re-run this command under torchrun with `nproc` processes on this node."""
     import os
@@ -90,7 +121,7 @@ def cmd_train(args) -> int:
         if args.compile:
             overrides.append("training.compile=true")
         cfg = load_config(args.config, overrides)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, run_dir=args.run_dir)
     return 0
 
 
@@ -113,16 +144,39 @@ def build_parser() -> argparse.ArgumentParser:
     _universe_args(info)
     info.set_defaults(func=cmd_data_info)
 
+    tok = sub.add_parser("tokenizer", help="fit a candle tokenizer on the training period, or inspect one")
+    tok_sub = tok.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = tok_sub.add_parser("fit", help="fit quantile bins on the training split of a cached universe")
+    _universe_args(fit)
+    fit.add_argument("--vocab-size", type=int, default=1024, help="bins per channel (default 1024)")
+    fit.add_argument("--volume", action="store_true", help="add the volume channel")
+    fit.add_argument("--train-ratio", type=float, default=0.70)
+    fit.add_argument("--val-ratio", type=float, default=0.15)
+    fit.add_argument("-o", "--output", help="tokenizer JSON to write (default tokenizer_<case>_<vocab>.json)")
+    fit.set_defaults(func=cmd_tokenizer_fit)
+    inspect = tok_sub.add_parser("inspect", help="bin ranges and usage per channel; per asset with --case")
+    inspect.add_argument("path", help="tokenizer.json (e.g. RUN_DIR/tokenizer.json)")
+    inspect.add_argument("--case", "--universe", dest="universe", help="also report per asset on this universe")
+    inspect.add_argument("--provider", default=None)
+    inspect.add_argument("--data-dir", default=None)
+    inspect.set_defaults(func=cmd_tokenizer_inspect)
+
     tr = sub.add_parser("train", help="train a config on CPU, one GPU, or N GPUs with DDP; resume a run")
     tr.add_argument("config", nargs="?", help="config JSON (configs/sample.json, configs/case_a.json, ...)")
     tr.add_argument("--num-gpus", type=int, default=1,
                     help="launch N DDP processes on this node with torchrun (CPU processes with gloo when no GPU)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run directory from its last checkpoint")
+    tr.add_argument("--run-dir", help="use this run directory (resumes it when it already holds a checkpoint)")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. --set training.batch_size=16 (repeatable)")
     tr.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.set_defaults(func=cmd_train)
+
+    from . import cluster, evaluate
+
+    evaluate.add_commands(sub)
+    cluster.add_commands(sub)
     return parser
 
 

@@ -43,6 +43,7 @@ class TrainingConfig:
     max_steps_per_epoch: int = 0
     gradient_checkpointing: bool = False
     compile: bool = False
+    evaluate: bool = True          # evaluate the best model on the test split when training ends
 
 
 @dataclass

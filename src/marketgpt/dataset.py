@@ -1,0 +1,143 @@
+"""Token store and training windows: candles -> tokens per asset -> fixed-length windows per split.
+
+A window is `context_length + 1` consecutive token rows of one asset: inputs are the first
+`context_length`, targets the last. Windows of a split tile its target rows from the end, so every
+target row is scored exactly once per pass, and the first window of a split may reach back into
+earlier periods for context (its earlier targets are masked out of the loss).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import SPLITS, TimeSplit
+from .errors import MarketGPTError
+from .tokenizer import CandleTokenizer
+
+
+@dataclass
+class TokenStore:
+    """All assets' tokens back to back (rows, channels), with per-row asset index, split label and date."""
+
+    tokens: np.ndarray      # (N, C) uint16
+    asset: np.ndarray       # (N,) int32 index into `symbols`
+    split: np.ndarray       # (N,) int8, 0 train 1 val 2 test: the split of the candle this row encodes
+    dates: np.ndarray       # (N,) datetime64[D]
+    returns: np.ndarray     # (N,) float64: the true close-to-close log return ln(C/Cp) the row encodes
+    symbols: list[str]
+    categories: list[str]   # category of each asset
+    category_names: list[str]
+
+    @property
+    def category_ids(self) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.category_names)}
+        return np.array([index[c] for c in self.categories], dtype=np.int64)
+
+    def asset_rows(self) -> dict[str, tuple[int, int]]:
+        """Row range [begin, end) of each asset."""
+        bounds = np.flatnonzero(np.diff(self.asset, prepend=-1, append=-1))
+        return {self.symbols[self.asset[b]]: (int(b), int(e)) for b, e in zip(bounds[:-1], bounds[1:])}
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("tokens", "asset", "split", "returns"):
+            np.save(folder / f"{name}.npy", getattr(self, name))
+        np.save(folder / "dates.npy", self.dates.astype("datetime64[D]").astype(np.int64))
+        (folder / "assets.json").write_text(json.dumps(
+            {"symbols": self.symbols, "categories": self.categories, "category_names": self.category_names}))
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = True) -> "TokenStore":
+        mode = "r" if mmap else None
+        meta = json.loads((folder / "assets.json").read_text())
+        arrays = {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False)
+                  for n in ("tokens", "asset", "split", "returns")}
+        dates = np.load(folder / "dates.npy", allow_pickle=False).astype("datetime64[D]")
+        return cls(dates=dates, **arrays, **meta)
+
+
+def build_store(candles: pd.DataFrame, universe: pd.DataFrame, tokenizer: CandleTokenizer, split: TimeSplit) -> TokenStore:
+    """Encode every asset of the long frame; the first candle of each asset is its reference and has no row."""
+    present = set(candles.symbol)
+    symbols = [s for s in universe.symbol if s in present]
+    category_of = dict(zip(universe.symbol, universe.category))
+    order = {s: i for i, s in enumerate(symbols)}
+    frame = candles.assign(_asset=candles.symbol.map(order)).sort_values(["_asset", "date"], kind="stable")
+    tokens, rows = tokenizer.encode_frame(frame)
+    dates = frame.date.to_numpy()[rows].astype("datetime64[D]")
+    close = frame.close.to_numpy()
+    returns = np.log(close[rows] / close[rows - 1])       # rows never hold an asset's first candle
+    return TokenStore(tokens.astype(np.uint16), frame._asset.to_numpy()[rows].astype(np.int32),
+                      split.assign(dates).astype(np.int8), dates, returns, symbols,
+                      [category_of[s] for s in symbols], sorted({category_of[s] for s in symbols}))
+
+
+def make_windows(store: TokenStore, split_name: str, context_length: int) -> np.ndarray:
+    """Windows of one split as rows (start, target_lo, target_hi, asset): inputs are rows start..start+T-1,
+    targets rows start+1..start+T, and only targets in [target_lo, target_hi) count."""
+    k = SPLITS.index(split_name)
+    T = context_length
+    out = []
+    for begin, end in store.asset_rows().values():
+        if end - begin < T + 1:
+            continue
+        rows = np.flatnonzero(store.split[begin:end] == k) + begin
+        rows = rows[rows > begin]          # the asset's first row has no input before it
+        if not len(rows):
+            continue
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        ends = np.arange(hi, lo, -T)[::-1]                   # exclusive ends of target chunks
+        starts = np.maximum(ends - T - 1, begin)
+        chunk_lo = np.maximum(ends - T, lo)
+        out.append(np.stack([starts, chunk_lo, ends, np.full_like(ends, store.asset[begin])], axis=1))
+    if not out:
+        raise MarketGPTError(f"no {split_name} windows: every asset has fewer than context_length+1 = {T + 1} candles "
+                             f"or no candles in the {split_name} period")
+    return np.concatenate(out).astype(np.int64)
+
+
+def gather(store: TokenStore, windows: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs (B,T,C), targets (B,T,C), loss mask (B,T), asset ids (B,)) for a batch of windows."""
+    offsets = np.arange(context_length + 1)
+    rows = windows[:, :1] + offsets
+    seq = np.asarray(store.tokens[rows.ravel()]).reshape(len(windows), context_length + 1, -1).astype(np.int64)
+    target_rows = rows[:, 1:]
+    mask = (target_rows >= windows[:, 1:2]) & (target_rows < windows[:, 2:3])
+    return seq[:, :-1], seq[:, 1:], mask, windows[:, 3]
+
+
+@dataclass
+class Prepared:
+    universe: pd.DataFrame
+    split: TimeSplit
+    tokenizer: CandleTokenizer
+    store: TokenStore
+
+
+def load_split_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame, TimeSplit]:
+    """The universe, its cached candles and the global time split of a config's `data` section."""
+    from .data import load_candles, load_universe, time_split
+
+    universe = load_universe(data_cfg.universe)
+    candles = load_candles(universe, data_cfg.provider, data_cfg.data_dir or None, policy=data_cfg.on_bad_rows)
+    if data_cfg.start:
+        candles = candles[candles.date >= pd.Timestamp(data_cfg.start)]
+    if data_cfg.end:
+        candles = candles[candles.date <= pd.Timestamp(data_cfg.end)]
+    return universe, candles, time_split(candles, data_cfg.train_ratio, data_cfg.val_ratio)
+
+
+def prepare_dataset(cfg, tokenizer: CandleTokenizer | None = None) -> Prepared:
+    """Load candles, split them in time, fit the tokenizer on the training period only, and encode everything."""
+    universe, candles, split = load_split_candles(cfg.data)
+    if tokenizer is None:
+        train = candles[split.assign(candles.date) == 0]
+        tokenizer = CandleTokenizer(cfg.model.vocab_size, cfg.model.use_volume).fit(train)
+    elif tokenizer.vocab_size != cfg.model.vocab_size:
+        raise MarketGPTError(f"tokenizer vocab_size {tokenizer.vocab_size} != model.vocab_size {cfg.model.vocab_size}")
+    return Prepared(universe, split, tokenizer, build_store(candles, universe, tokenizer, split))

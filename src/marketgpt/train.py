@@ -1,0 +1,407 @@
+"""One trainer for every case: DDP under torchrun/srun (or a single process), every-position loss,
+AdamW with warmup + cosine, early stopping, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import __version__
+from .baselines import unigram_nll
+from .checkpoint import load_checkpoint, save_atomic, write_json
+from .config import Config, from_dict
+from .dataset import TokenStore, gather, make_windows, prepare_dataset
+from .distributed import Dist, all_gather_objects, all_sum, barrier, broadcast_object, init_distributed, shutdown
+from .errors import MarketGPTError
+from .model import MarketGPT
+from .progress import is_terminal
+from .tokenizer import CandleTokenizer
+
+REQUEUE_EXIT_CODE = 3  # the trainer saved a checkpoint on a signal and wants to be started again
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that an exact resume needs."""
+
+    epoch: int = 0                # epochs completed
+    step: int = 0                 # steps completed inside the current epoch
+    global_step: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    elapsed: float = 0.0
+    epochs: list = field(default_factory=list)     # the training log
+    accum: list = field(default_factory=list)      # this epoch's [loss_sum, count, correct per channel...]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60}s"
+    return f"{seconds}s"
+
+
+def lr_at(step: int, total: int, cfg: Config) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio × learning_rate."""
+    t = cfg.training
+    warmup = max(1, int(t.warmup_ratio * total))
+    if step < warmup:
+        return t.learning_rate * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return t.learning_rate * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropy over masked positions and all channels, correct argmax per channel)."""
+    B, T, C, V = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), reduction="none").view(B, T, C)
+    m = mask.unsqueeze(-1)
+    correct = ((logits.argmax(-1) == targets) & m).sum(dim=(0, 1))
+    return (ce * m).sum(), correct
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, d: Dist, log=print):
+        self.cfg, self.run_dir, self.d, self.log = cfg, run_dir, d, log
+        self.store = TokenStore.load(run_dir / "tokens")
+        T = cfg.model.context_length
+        self.train_windows = make_windows(self.store, "train", T)
+        self.val_windows = make_windows(self.store, "val", T)
+        self.categories = torch.as_tensor(self.store.category_ids)
+        self.model = MarketGPT(cfg.model, self.store.tokens.shape[1], len(self.store.symbols),
+                               len(self.store.category_names)).to(d.device)
+        self.model.gradient_checkpointing = cfg.training.gradient_checkpointing
+        self.optimizer = self.model.configure_optimizer(cfg.training.weight_decay, cfg.training.learning_rate,
+                                                        fused=d.device.type == "cuda")
+        wrapped = DDP(self.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) if d.enabled else self.model
+        self.forward = torch.compile(wrapped) if cfg.training.compile else wrapped
+        per_step = cfg.training.batch_size * d.world_size
+        self.steps_per_epoch = max(1, len(self.train_windows) // per_step)
+        if cfg.training.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.training.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.training.epochs
+        self.state = TrainState()
+        self.stop_requested = False
+
+    # --- batches -------------------------------------------------------------------------------
+    def batch(self, windows: np.ndarray):
+        x, y, mask, asset = gather(self.store, windows, self.cfg.model.context_length)
+        dev = self.d.device
+        to = lambda a: torch.from_numpy(a).to(dev, non_blocking=True)  # noqa: E731
+        asset_t = torch.from_numpy(asset)
+        return to(x), to(y), to(mask), asset_t.to(dev), self.categories[asset_t].to(dev)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The same permutation on every rank, and after a resume: it depends on the seed and epoch only."""
+        return np.random.default_rng([self.cfg.training.seed, epoch]).permutation(len(self.train_windows))
+
+    def autocast(self):
+        if self.d.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- one optimisation step -------------------------------------------------------------------
+    def train_step(self, global_windows: np.ndarray) -> tuple[float, float, torch.Tensor]:
+        """Every rank takes its share of the global batch; the loss is normalised by the global number of
+        targets so that the averaged DDP gradient equals the single-process gradient of the same batch."""
+        local = global_windows[self.d.rank::self.d.world_size]
+        x, y, mask, asset, category = self.batch(local)
+        T = self.cfg.model.context_length
+        offsets = np.arange(1, T + 1)
+        rows = global_windows[:, :1] + offsets
+        n_global = int(((rows >= global_windows[:, 1:2]) & (rows < global_windows[:, 2:3])).sum())
+        C = y.shape[-1]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.state.global_step, self.total_steps, self.cfg)
+        with self.autocast():
+            logits, _ = self.forward(x, asset, category, y)
+        loss_sum, correct = masked_loss(logits, y, mask)
+        loss = loss_sum * self.d.world_size / (n_global * C)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.gradient_clip)
+        self.optimizer.step()
+        return float(loss_sum.detach()), float(mask.sum()), correct.detach().cpu()
+
+    # --- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, windows: np.ndarray) -> tuple[float, list[float]]:
+        """Mean loss per target and channel, and accuracy per channel, over all ranks."""
+        self.model.eval()
+        C = self.store.tokens.shape[1]
+        totals = torch.zeros(2 + C, dtype=torch.float64)
+        mine = windows[self.d.rank::self.d.world_size]
+        for i in range(0, len(mine), self.cfg.training.batch_size):
+            x, y, mask, asset, category = self.batch(mine[i:i + self.cfg.training.batch_size])
+            with self.autocast():
+                logits, _ = self.model(x, asset, category, y)
+            loss_sum, correct = masked_loss(logits, y, mask)
+            totals += torch.cat([torch.tensor([float(loss_sum), float(mask.sum())], dtype=torch.float64),
+                                 correct.cpu().double()])
+        self.model.train()
+        totals = all_sum(totals, self.d)
+        n = max(totals[1].item(), 1.0)
+        return totals[0].item() / (n * C), (totals[2:] / n).tolist()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        rng = all_gather_objects(torch.get_rng_state(), self.d)
+        cuda_rng = all_gather_objects(torch.cuda.get_rng_state(self.d.device) if self.d.device.type == "cuda" else None, self.d)
+        accum = all_sum(torch.tensor(self.state.accum or [0.0], dtype=torch.float64), self.d).tolist()
+        state = dict(self.state.__dict__, accum=accum if self.state.accum else [])
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": json.dumps(state),
+                "rng": rng, "cuda_rng": [r for r in cuda_rng if r is not None], "world_size": self.d.world_size,
+                "config": json.dumps(self.cfg.to_dict())}
+
+    def save(self, name: str) -> None:
+        ckpt = self.checkpoint()
+        if self.d.is_main:
+            save_atomic(ckpt, self.run_dir / name)
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**json.loads(ckpt["state"]))
+        if ckpt["world_size"] == self.d.world_size:
+            torch.set_rng_state(ckpt["rng"][self.d.rank])
+            if ckpt["cuda_rng"] and self.d.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt["cuda_rng"][self.d.rank], self.d.device)
+        if self.state.accum and not self.d.is_main:
+            self.state.accum = [0.0] * len(self.state.accum)   # rank 0 carries the totals so far
+
+    def save_best(self, epoch: int, val_loss: float) -> None:
+        if self.d.is_main:
+            save_atomic({"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss,
+                         "config": json.dumps(self.cfg.to_dict())}, self.run_dir / "best_model.pt")
+
+    def save_periodic(self, epoch: int) -> None:
+        t = self.cfg.training
+        if epoch % t.checkpoint_every:
+            return
+        self.save(f"checkpoint_epoch_{epoch}.pt")
+        if self.d.is_main:
+            kept = sorted(self.run_dir.glob("checkpoint_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+            for old in kept[:-t.keep_checkpoints]:
+                old.unlink()
+
+    def write_log(self) -> None:
+        if self.d.is_main:
+            s = self.state
+            write_json({"epochs": s.epochs, "best_val_loss": s.best_val_loss if s.epochs else None,
+                        "best_epoch": s.best_epoch, "total_epochs": self.cfg.training.epochs,
+                        "steps_per_epoch": self.steps_per_epoch, "elapsed_seconds": round(s.elapsed, 3),
+                        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "world_size": self.d.world_size,
+                        "finished": self.finished}, self.run_dir / "training_log.json")
+
+    @property
+    def finished(self) -> bool:
+        s = self.state
+        return s.epoch >= self.cfg.training.epochs or s.bad_epochs >= self.cfg.training.early_stopping_patience
+
+    # --- the loop -------------------------------------------------------------------------------
+    def request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        """All ranks agree to stop at the same step when any of them got the signal."""
+        flag = all_sum(torch.tensor([float(self.stop_requested)]), self.d)
+        return bool(flag.item())
+
+    def run(self) -> int:
+        cfg, s = self.cfg, self.state
+        C = self.store.tokens.shape[1]
+        per_step = cfg.training.batch_size * self.d.world_size
+        started = time.time() - s.elapsed
+        self.model.train()
+        while not self.finished:
+            epoch = s.epoch + 1
+            order = self.epoch_order(epoch)
+            if not s.accum:
+                s.accum = [0.0] * (2 + C)
+            steps = range(s.step, self.steps_per_epoch)
+            bar = None
+            if self.d.is_main and is_terminal():
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.steps_per_epoch, initial=s.step, desc=f"epoch {epoch}", leave=False)
+            for step in steps:
+                windows = order[step * per_step:(step + 1) * per_step]
+                loss_sum, count, correct = self.train_step(self.train_windows[windows])
+                s.accum = [a + b for a, b in zip(s.accum, [loss_sum, count, *correct.tolist()])]
+                s.step, s.global_step = step + 1, s.global_step + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / max(count, 1) / C:.3f}")
+                if self.should_stop():
+                    s.elapsed = time.time() - started
+                    self.save("last.pt")
+                    self.log(f"Stop requested: saved {self.run_dir / 'last.pt'} at epoch {epoch} step {s.step}; "
+                             f"resume with --resume {self.run_dir}")
+                    return REQUEUE_EXIT_CODE
+            if bar is not None:
+                bar.close()
+            totals = all_sum(torch.tensor(s.accum, dtype=torch.float64), self.d).tolist()
+            n = max(totals[1], 1.0)
+            train_loss, train_acc = totals[0] / (n * C), [c / n for c in totals[2:]]
+            val_loss, val_acc = self.evaluate(self.val_windows)
+            s.epoch, s.step, s.accum = epoch, 0, []
+            s.elapsed = time.time() - started
+            improved = val_loss < s.best_val_loss
+            if improved:
+                s.best_val_loss, s.best_epoch, s.bad_epochs = val_loss, epoch, 0
+                self.save_best(epoch, val_loss)
+            else:
+                s.bad_epochs += 1
+            s.epochs.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                             "train_accuracy": float(np.mean(train_acc)), "val_accuracy": float(np.mean(val_acc)),
+                             "train_accuracy_per_channel": train_acc, "val_accuracy_per_channel": val_acc,
+                             "lr": lr_at(s.global_step - 1, self.total_steps, cfg), "time": round(s.elapsed, 3)})
+            eta = s.elapsed / epoch * (cfg.training.epochs - epoch)
+            self.log(f"Epoch {epoch}/{cfg.training.epochs}\n"
+                     f"Train Loss: {train_loss:.3f} | Train Acc: {100 * np.mean(train_acc):.1f}%\n"
+                     f"Val Loss: {val_loss:.3f} | Val Acc: {100 * np.mean(val_acc):.1f}%"
+                     f"{' (best)' if improved else ''}\n"
+                     f"Time: {format_duration(s.elapsed)} | ETA: {format_duration(eta)}")
+            self.save_periodic(epoch)
+            self.save("last.pt")
+            self.write_log()
+        if s.bad_epochs >= cfg.training.early_stopping_patience:
+            self.log(f"Early stopping: no val improvement for {s.bad_epochs} epochs; best epoch {s.best_epoch}")
+        self.log(f"Best val loss {s.best_val_loss:.4f} at epoch {s.best_epoch}; run directory {self.run_dir}")
+        return 0
+
+
+def versions() -> dict:
+    return {"marketgpt": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def new_run_dir(cfg: Config) -> Path:
+    root = Path(cfg.training.checkpoint_dir)
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    run_dir, n = root / f"{cfg.name}_{stamp}", 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{cfg.name}_{stamp}_{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "config.json").exists():
+        raise MarketGPTError(f"{run_dir}: exists and is not a run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_run_files(cfg: Config, run_dir: Path, d: Dist) -> None:
+    """Prepare the data once (rank 0) and write config, tokenizer, token store, asset and data info."""
+    prepared = prepare_dataset(cfg)
+    prepared.tokenizer.save(run_dir / "tokenizer.json")
+    prepared.store.save(run_dir / "tokens")
+    store, split = prepared.store, prepared.split
+    T = cfg.model.context_length
+    windows = {name: int(len(make_windows(store, name, T))) for name in ("train", "val", "test")}
+    rows = store.asset_rows()
+    assets = [{"id": i, "symbol": sym, "category": store.categories[i],
+               "category_id": int(store.category_ids[i]), "rows": rows[sym][1] - rows[sym][0],
+               **{f"{name}_rows": int((store.split[rows[sym][0]:rows[sym][1]] == k).sum())
+                  for k, name in enumerate(("train", "val", "test"))}}
+              for i, sym in enumerate(store.symbols)]
+    write_json({"assets": assets, "categories": store.category_names}, run_dir / "asset_info.json")
+    write_json({"split": split.to_dict(), "token_rows": int(len(store.tokens)), "windows": windows,
+                "channels": prepared.tokenizer.channels, "context_length": T,
+                "skipped_assets": [s for s in prepared.universe.symbol if s not in rows]}, run_dir / "data_info.json")
+    write_json({**cfg.to_dict(), "run": {"versions": versions(), "world_size": d.world_size,
+                                         "created": datetime.now().isoformat(timespec="seconds"),
+                                         "train_end": split.train_end.strftime("%Y-%m-%d"),
+                                         "val_end": split.val_end.strftime("%Y-%m-%d"),
+                                         "command": " ".join(sys.argv)}}, run_dir / "config.json")
+
+
+def read_run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise MarketGPTError(f"{run_dir}: not a run directory (no config.json)")
+    return from_dict(json.loads(path.read_text()), str(path))
+
+
+def device_line(d: Dist) -> str:
+    if d.device.type == "cuda":
+        return f"Using GPUs: {d.world_size}"
+    threads = torch.get_num_threads()
+    return f"Using CPU: {threads} threads" + (f" x {d.world_size} processes" if d.enabled else "")
+
+
+def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: str | Path | None = None,
+          log=print) -> Path:
+    """Train a config (or resume a run directory) in this process, joining DDP when launched by torchrun/srun.
+
+    `run_dir` names the run directory instead of `<name>_<timestamp>`; if it already holds a checkpoint the run
+    resumes from it, so a requeued batch job can run the same command again.
+    """
+    if run_dir is not None and (Path(run_dir) / "last.pt").exists():
+        resume = run_dir
+    d = init_distributed()
+    say = log if d.is_main else (lambda *a, **k: None)
+    if d.device.type == "cpu" and d.enabled:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.local_world_size))
+    try:
+        if resume:
+            run_dir = Path(resume)
+            cfg = read_run_config(run_dir)
+        else:
+            made = (new_run_dir(cfg) if run_dir is None else fresh_run_dir(Path(run_dir))) if d.is_main else None
+            run_dir = Path(broadcast_object(str(made), d))
+            if d.is_main:
+                write_run_files(cfg, run_dir, d)
+            barrier(d)
+        torch.manual_seed(cfg.training.seed + d.rank)
+        say(device_line(d))
+        trainer = Trainer(cfg, run_dir, d, say)
+        if resume:
+            last = run_dir / "last.pt"
+            if not last.exists():
+                raise MarketGPTError(f"{run_dir}: nothing to resume (no last.pt)")
+            trainer.restore(load_checkpoint(last, map_location=d.device))
+            say(f"Resumed {run_dir} at epoch {trainer.state.epoch} step {trainer.state.step}")
+        m = trainer.model
+        say(f"Parameters: {m.num_parameters():,} total, {m.num_parameters(non_embedding=True):,} non-embedding")
+        say(f"Run directory: {run_dir}")
+        unigram = float(unigram_nll(trainer.store, cfg.model.vocab_size).mean())
+        say(f"Unigram baseline val loss: {unigram:.3f}")
+        say(f"Train windows: {len(trainer.train_windows)}, val windows: {len(trainer.val_windows)}, "
+            f"steps per epoch: {trainer.steps_per_epoch}, effective batch: {cfg.training.batch_size * d.world_size}")
+        previous = [signal.signal(sig, trainer.request_stop) for sig in (signal.SIGUSR1, signal.SIGTERM)]
+        try:
+            code = trainer.run()
+        finally:
+            for sig, handler in zip((signal.SIGUSR1, signal.SIGTERM), previous):
+                signal.signal(sig, handler)
+        trainer.write_log()
+        if code:
+            raise SystemExit(code)
+        if d.is_main and cfg.training.evaluate:
+            from .evaluate import evaluate_run, headline
+
+            say(headline(evaluate_run(run_dir, log=say)))
+        return run_dir
+    finally:
+        shutdown(d)
