@@ -82,7 +82,10 @@ class SampleProvider(Provider):
 
 
 class FilesProvider(Provider):
-    """A folder of per-symbol CSV or Parquet files: `<root>/<category>/<SYMBOL>.csv.gz` or `<root>/<SYMBOL>.csv`."""
+    """A folder of per-symbol CSV or Parquet files: `<root>/<category>/<SYMBOL>.csv.gz` or `<root>/<SYMBOL>.csv`.
+
+    The file may also be named by the asset's Yahoo symbol (`crypto/BTC-USD.csv.gz` for BTC).
+    """
 
     name = "files"
     offline = True
@@ -94,11 +97,13 @@ class FilesProvider(Provider):
             raise MarketGPTError(f"files provider: folder {self.root} does not exist")
 
     def path_of(self, asset: pd.Series) -> Path:
+        names = dict.fromkeys([asset.symbol, asset.get("yfinance") or asset.symbol])
         for folder in (self.root / str(asset.category), self.root):
-            for suffix in self.SUFFIXES:
-                path = folder / f"{asset.symbol}{suffix}"
-                if path.exists():
-                    return path
+            for name in names:
+                for suffix in self.SUFFIXES:
+                    path = folder / f"{name}{suffix}"
+                    if path.exists():
+                        return path
         raise MarketGPTError(f"files provider: no file for asset {asset.symbol} under {self.root} "
                              f"(looked for {asset.category}/{asset.symbol}.csv[.gz|.parquet] and {asset.symbol}.*)")
 
