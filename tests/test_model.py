@@ -179,7 +179,8 @@ def test_sampling_crops_the_context_and_generate_appends():
     tokens, asset, category, _ = batch(cfg, B=2, T=cfg.context_length + 5)
     long = model.sample_next(tokens, asset, category, temperature=0)
     assert torch.equal(long, model.sample_next(tokens[:, -cfg.context_length:], asset, category, temperature=0))
-    out = model.generate(tokens[:, :4], asset, category, steps=cfg.context_length, generator=torch.Generator().manual_seed(0))
+    out = model.generate(tokens[:, :4], asset, category, steps=cfg.context_length,
+                         generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 4 + cfg.context_length, C) and torch.equal(out[:, :4], tokens[:, :4])
 
 
