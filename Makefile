@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/marketgpt data download --case sample
 	$(BIN)/marketgpt data info --case sample
+	$(BIN)/marketgpt train configs/sample.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_load.py
+	$(BIN)/python bench/tokenizer.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -138,20 +138,25 @@ class MarketGPT(nn.Module):
         return torch.einsum("btcd,cdv->btcv", z, self.head[:n])
 
     def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, loss). With targets (B, T, C) = candle t+1 at each t: teacher-forced logits (B, T, C, V) and the
-        mean cross-entropy over positions and channels. Without targets: the close channel's logits (B, T, 1, V)
-        (the other channels need the earlier channels of the next candle: see channel_logits / sample_next), loss None.
+        mean cross-entropy over channels and the positions where mask (B, T) is true (all positions without a mask).
+        Without targets: the close channel's logits (B, T, 1, V) (the other channels need the earlier channels of the
+        next candle: see channel_logits / sample_next), loss None.
 
-        The (B, T, C, V) logits are a permuted view of a contiguous (C, B, T, V) buffer; logits.permute(2, 0, 1, 3)
-        is contiguous, so a loss over that layout (with targets permuted the same way) avoids copying the logits.
+        The (B, T, C, V) logits are a permuted view of a contiguous (C, B, T, V) buffer, so the loss is computed in
+        that layout (targets permuted the same way) without copying the logits.
         """
         logits = self.channel_logits(self.hidden(tokens, asset, category), targets)
         if targets is None:
             return logits, None
         V = logits.shape[-1]
-        loss = F.cross_entropy(logits.permute(2, 0, 1, 3).reshape(-1, V).float(), targets.permute(2, 0, 1).reshape(-1))
-        return logits, loss
+        ce = F.cross_entropy(logits.permute(2, 0, 1, 3).reshape(-1, V).float(), targets.permute(2, 0, 1).reshape(-1),
+                             reduction="none").view(self.num_channels, *targets.shape[:2])
+        if mask is None:
+            return logits, ce.mean()
+        return logits, (ce * mask).sum() / (mask.sum().clamp(min=1) * self.num_channels)
 
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
@@ -68,13 +67,9 @@ def lr_at(step: int, total: int, cfg: Config) -> float:
     return t.learning_rate * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross-entropy over masked positions and all channels, correct argmax per channel)."""
-    B, T, C, V = logits.shape
-    ce = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), reduction="none").view(B, T, C)
-    m = mask.unsqueeze(-1)
-    correct = ((logits.argmax(-1) == targets) & m).sum(dim=(0, 1))
-    return (ce * m).sum(), correct
+def correct_per_channel(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Number of masked positions where each channel's argmax is the target: (C,)."""
+    return ((logits.argmax(-1) == targets) & mask.unsqueeze(-1)).sum(dim=(0, 1))
 
 
 class Trainer:
@@ -127,18 +122,17 @@ class Trainer:
         offsets = np.arange(1, T + 1)
         rows = global_windows[:, :1] + offsets
         n_global = int(((rows >= global_windows[:, 1:2]) & (rows < global_windows[:, 2:3])).sum())
-        C = y.shape[-1]
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.state.global_step, self.total_steps, self.cfg)
         with self.autocast():
-            logits, _ = self.forward(x, asset, category, y)
-        loss_sum, correct = masked_loss(logits, y, mask)
-        loss = loss_sum * self.d.world_size / (n_global * C)
+            logits, loss = self.forward(x, asset, category, y, mask)
+        n_local = int(mask.sum())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (n_local * self.d.world_size / n_global)).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.gradient_clip)
         self.optimizer.step()
-        return float(loss_sum.detach()), float(mask.sum()), correct.detach().cpu()
+        C = y.shape[-1]
+        return float(loss.detach()) * n_local * C, float(n_local), correct_per_channel(logits, y, mask).cpu()
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -151,10 +145,10 @@ class Trainer:
         for i in range(0, len(mine), self.cfg.training.batch_size):
             x, y, mask, asset, category = self.batch(mine[i:i + self.cfg.training.batch_size])
             with self.autocast():
-                logits, _ = self.model(x, asset, category, y)
-            loss_sum, correct = masked_loss(logits, y, mask)
-            totals += torch.cat([torch.tensor([float(loss_sum), float(mask.sum())], dtype=torch.float64),
-                                 correct.cpu().double()])
+                logits, loss = self.model(x, asset, category, y, mask)
+            n = float(mask.sum())
+            totals += torch.cat([torch.tensor([float(loss) * n * C, n], dtype=torch.float64),
+                                 correct_per_channel(logits, y, mask).cpu().double()])
         self.model.train()
         totals = all_sum(totals, self.d)
         n = max(totals[1].item(), 1.0)
