@@ -1,0 +1,566 @@
+"""Cluster operations on SLURM: job scripts (one or more nodes, torchrun with c10d rendezvous), requeue before the
+time limit, a launcher for several cases at once, and the status of runs (`cluster_status`).
+
+Python API: `SlurmOptions`, `job_script(cfg_path, options) -> str`, `write_job_script(cfg_path, options) -> Path`,
+`launch(configs, options, yes=...) -> list[Submitted]`, `check_data(cfg)`, and from `cluster_status`:
+`run_status(run_dir) -> dict`, `format_status(statuses) -> str`.
+
+How a job survives its time limit: the script asks SLURM for SIGUSR1 to the batch shell `signal_seconds` before the
+limit (`--signal=B:USR1@N`). The shell's trap forwards SIGTERM to the job step (`scancel --signal=TERM JOBID`, which
+reaches the torchrun agents and the trainer processes on every node, not the batch shell); each trainer finishes
+its current step, all ranks agree to stop, rank 0 saves RUN_DIR/last.pt and they exit. The shell then runs
+`scontrol requeue $SLURM_JOB_ID` (`#SBATCH --requeue`); the requeued job (same job id, SLURM_RESTART_COUNT > 0)
+reads its run directory from `CHECKPOINT_ROOT/.slurm_jobs/JOBID`, written at first start, and `train --run-dir`
+resumes from last.pt.
+
+Module top stays light: the CLI imports this module on every command.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .errors import MarketGPTError
+
+JOB_RECORDS = ".slurm_jobs"          # CHECKPOINT_ROOT/.slurm_jobs/<JOBID> holds the run directory of that job
+TIME_PATTERN = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$", re.IGNORECASE)
+MEM_PATTERN = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+
+
+def time_limit_seconds(text: str) -> int | None:
+    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; None if unlimited."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        parts += [0] * (3 - len(parts))                  # D-HH, D-HH:MM
+        hours, minutes, seconds = parts
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, (minutes, seconds) = 0, (parts + [0])[:2]  # minutes, or MM:SS
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+@dataclass
+class SlurmOptions:
+    """What a job asks SLURM for. Defaults are the guide's: 1 node, 1 task per node, 2 A100s with 32 CPUs and
+    64G each (64 CPUs, 128G), 7 days on partition `long`."""
+
+    nodes: int = 1
+    gpus_per_node: int = 2            # 0: a CPU job (one gloo process per node)
+    gpu_type: str = "a100"            # --gres=gpu:TYPE:N; "" for --gres=gpu:N
+    partition: str = "long"
+    time: str = "7-00:00:00"
+    cpus_per_gpu: int = 32
+    mem_per_gpu: str = "64G"
+    cpus_per_task: int | None = None  # CPUs per node; default cpus_per_gpu × GPUs (cpus_per_gpu for a CPU job)
+    mem: str | None = None            # memory per node; default mem_per_gpu × GPUs (mem_per_gpu for a CPU job)
+    account: str | None = None
+    job_name: str | None = None       # default: the config's name (the case)
+    log_dir: str = "logs"
+    signal_seconds: int = 300         # SIGUSR1 this long before the time limit: checkpoint and requeue
+    run_dir: str | None = None        # a fixed run directory (resumed when it holds last.pt)
+    overrides: list[str] = field(default_factory=list)   # --set section.key=value for the trainer
+    python: str = sys.executable
+
+    def check(self) -> None:
+        if self.nodes < 1:
+            raise MarketGPTError(f"--nodes must be at least 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise MarketGPTError(f"--gpus-per-node must be 0 (CPU job) or more, got {self.gpus_per_node}")
+        if self.cpus_per_gpu < 1 or (self.cpus_per_task is not None and self.cpus_per_task < 1):
+            raise MarketGPTError("CPU counts must be positive")
+        if not TIME_PATTERN.match(self.time):
+            raise MarketGPTError(f"--time {self.time}: expected D-HH:MM:SS, HH:MM:SS, MM:SS or minutes")
+        for name, value in (("--mem-per-gpu", self.mem_per_gpu), ("--mem", self.mem)):
+            if value is not None and not MEM_PATTERN.match(value):
+                raise MarketGPTError(f"{name} {value}: expected a size like 64G or 500M")
+        if self.signal_seconds < 1:
+            raise MarketGPTError(f"--signal-seconds must be positive, got {self.signal_seconds}")
+        limit = time_limit_seconds(self.time)
+        if limit is not None and limit <= self.signal_seconds:
+            raise MarketGPTError(f"--time {self.time} is not longer than --signal-seconds {self.signal_seconds}: "
+                                 f"the job would be told to stop as soon as it starts")
+        if not re.fullmatch(r"[\w.-]*", self.gpu_type or ""):
+            raise MarketGPTError(f"--gpu-type {self.gpu_type}: expected a GRES type such as a100")
+
+    @property
+    def cpus(self) -> int:
+        if self.cpus_per_task is not None:
+            return self.cpus_per_task
+        return self.cpus_per_gpu * max(self.gpus_per_node, 1)
+
+    @property
+    def memory(self) -> str:
+        if self.mem is not None:
+            return self.mem.upper()
+        number, unit = re.match(r"^(\d+)([KMGT]?)$", self.mem_per_gpu, re.IGNORECASE).groups()
+        return f"{int(number) * max(self.gpus_per_node, 1)}{unit.upper()}"
+
+    @property
+    def gres(self) -> str | None:
+        if not self.gpus_per_node:
+            return None
+        return f"gpu:{self.gpu_type}:{self.gpus_per_node}" if self.gpu_type else f"gpu:{self.gpus_per_node}"
+
+    def describe(self) -> str:
+        where = f"{self.nodes} node{'s' if self.nodes > 1 else ''}"
+        what = (f"{self.gpus_per_node} GPU{'s' if self.gpus_per_node > 1 else ''} ({self.gres})"
+                if self.gpus_per_node else "CPU only")
+        return f"{where} × {what}, {self.cpus} CPUs, {self.memory} per node, {self.time} on partition {self.partition}"
+
+
+# --- the job script ---------------------------------------------------------------------------------------------
+
+def _load(cfg_path: str | Path, overrides: list[str]):
+    from .config import load_config
+
+    return load_config(cfg_path, list(overrides))
+
+
+def _case_name(name: str) -> str:
+    safe = re.sub(r"[^\w.-]", "_", name)
+    return safe or "run"
+
+
+def job_script(cfg_path: str | Path, options: SlurmOptions | None = None, script_path: str | Path | None = None) -> str:
+    """The sbatch script that trains `cfg_path` with `options` (the config is checked; paths in the script are
+    relative to the submit directory, except the config, which is absolute)."""
+    options = options or SlurmOptions()
+    options.check()
+    cfg = _load(cfg_path, options.overrides)
+    case = _case_name(options.job_name or cfg.name)
+    config = Path(cfg_path).resolve()
+    log_dir = options.log_dir.rstrip("/") or "."
+    gpus = options.gpus_per_node
+    nproc = max(gpus, 1)
+    q = shlex.quote
+
+    sbatch = [f"--job-name={case}", f"--partition={options.partition}"]
+    if options.account:
+        sbatch.append(f"--account={options.account}")
+    sbatch += [f"--nodes={options.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={options.cpus}"]
+    if options.gres:
+        sbatch.append(f"--gres={options.gres}")
+    sbatch += [f"--mem={options.memory}", f"--time={options.time}",
+               f"--output={log_dir}/{case}_%j.out", f"--error={log_dir}/{case}_%j.err", "--open-mode=append",
+               "--requeue", f"--signal=B:USR1@{options.signal_seconds}"]
+    header = "\n".join(f"#SBATCH {line}" for line in sbatch)
+
+    train_args = []
+    for text in options.overrides:
+        train_args += ["--set", text]
+    if gpus:
+        visible = ",".join(str(i) for i in range(gpus))
+        device_env = (f'export CUDA_VISIBLE_DEVICES="${{CUDA_VISIBLE_DEVICES:-{visible}}}"   # keep the GPUs SLURM '
+                      f"assigned, if it says\nexport PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512\n"
+                      f'export OMP_NUM_THREADS=$(( ${{SLURM_CPUS_PER_TASK:-{options.cpus}}} / {gpus} ))')
+    else:
+        device_env = f'export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-{options.cpus}}}"'
+    fixed_run_dir = q(options.run_dir) if options.run_dir else '""'
+    created = datetime.now().isoformat(timespec="seconds")
+    script = script_path or f"{log_dir}/{case}.sh"
+
+    return f"""#!/bin/bash
+# MarketGPT training job for case {case}: {options.describe()}.
+# Written by `marketgpt slurm` on {created}. Submit from the directory the log paths are relative to:
+#   cd {q(str(Path.cwd()))} && sbatch {q(str(script))}
+# About {options.signal_seconds} s before the time limit SLURM sends SIGUSR1 to this shell; the trainer saves
+# last.pt, the job requeues itself and resumes the same run directory (see docs/cluster.md).
+{header}
+
+set -uo pipefail
+
+PYTHON={q(options.python)}
+CONFIG={q(str(config))}
+CASE={q(case)}
+CHECKPOINT_ROOT={q(cfg.training.checkpoint_dir)}
+FIXED_RUN_DIR=${{MARKETGPT_RUN_DIR:-{fixed_run_dir}}}   # sbatch --export=ALL,MARKETGPT_RUN_DIR=... resumes a run
+GPUS_PER_NODE={gpus}
+NPROC_PER_NODE={nproc}
+TRAIN_ARGS=({" ".join(q(a) for a in train_args)})
+
+{device_env}
+export PYTHONUNBUFFERED=1
+
+say() {{ echo "[$(date '+%F %T')] marketgpt job ${{SLURM_JOB_ID}}: $*"; }}
+
+# The run directory: chosen at the first start and recorded, so that a requeued job resumes the same one.
+RECORD="$CHECKPOINT_ROOT/{JOB_RECORDS}/$SLURM_JOB_ID"
+if [ -n "$FIXED_RUN_DIR" ]; then
+    RUN_DIR=$FIXED_RUN_DIR
+elif [ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 ] && [ -s "$RECORD" ]; then
+    RUN_DIR=$(cat "$RECORD")
+else
+    mkdir -p "$CHECKPOINT_ROOT"
+    RUN_DIR="$CHECKPOINT_ROOT/${{CASE}}_$(date +%Y%m%d_%H%M%S)"
+    n=1; base=$RUN_DIR
+    until mkdir "$RUN_DIR" 2>/dev/null; do n=$((n + 1)); RUN_DIR="${{base}}_$n"; done
+fi
+mkdir -p "$(dirname "$RECORD")" && echo "$RUN_DIR" > "$RECORD"
+
+if [ "${{SLURM_JOB_NUM_NODES:-1}}" -gt 1 ]; then
+    HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)   # c10d rendezvous on the first node
+else
+    HEAD=127.0.0.1
+fi
+PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
+
+say "start ${{SLURM_RESTART_COUNT:-0}} on ${{SLURM_JOB_NODELIST:-?}}: ${{SLURM_JOB_NUM_NODES:-1}} node(s) x $NPROC_PER_NODE process(es), run directory $RUN_DIR"
+
+STOP=""
+on_usr1() {{
+    STOP=requeue
+    say "SIGUSR1 (time limit near): asking the trainer to save last.pt"
+    scancel --signal=TERM "$SLURM_JOB_ID"   # every job step on every node; not this shell
+}}
+on_term() {{
+    [ -z "$STOP" ] || return 0              # SLURM ends the shell of a job being requeued
+    STOP=term
+    say "SIGTERM (cancelled or preempted): the trainer saves last.pt; waiting for it"
+}}
+trap on_usr1 USR1
+trap on_term TERM
+
+finished() {{ grep -q '"finished": true' "$RUN_DIR/training_log.json" 2>/dev/null; }}
+
+if [ -z "$STOP" ]; then
+    srun --ntasks-per-node=1 --cpus-per-task="${{SLURM_CPUS_PER_TASK:-{options.cpus}}}" --kill-on-bad-exit=0 \\
+        "$PYTHON" -m torch.distributed.run \\
+        --nnodes="${{SLURM_JOB_NUM_NODES:-1}}" --nproc-per-node="$NPROC_PER_NODE" \\
+        --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="marketgpt-$SLURM_JOB_ID" \\
+        -m marketgpt.cli train "$CONFIG" --run-dir "$RUN_DIR" "${{TRAIN_ARGS[@]}}" &
+    STEP=$!
+    while :; do
+        wait "$STEP"; RC=$?
+        kill -0 "$STEP" 2>/dev/null || break     # a trap interrupted `wait`: keep waiting for the step
+    done
+else
+    RC=0
+fi
+
+if finished; then
+    say "training finished: $RUN_DIR"
+    exit 0
+fi
+if [ "$STOP" = requeue ]; then
+    say "requeueing (last.pt: $( [ -f "$RUN_DIR/last.pt" ] && echo saved || echo none )); the next start resumes $RUN_DIR"
+    scontrol requeue "$SLURM_JOB_ID" && sleep 300   # SLURM ends this shell while requeueing
+    exit 1
+fi
+say "training stopped with exit code $RC; resume with: sbatch --export=ALL,MARKETGPT_RUN_DIR=$RUN_DIR {q(str(script))}"
+exit "$RC"
+"""
+
+
+def default_script_path(cfg_path: str | Path, options: SlurmOptions) -> Path:
+    cfg = _load(cfg_path, options.overrides)
+    return Path(options.log_dir) / f"{_case_name(options.job_name or cfg.name)}.sh"
+
+
+def write_job_script(cfg_path: str | Path, options: SlurmOptions | None = None, output: str | Path | None = None) -> Path:
+    """Write the sbatch script for a config (default `<log_dir>/<case>.sh`) and create the log folder, which
+    SLURM does not create itself."""
+    options = options or SlurmOptions()
+    path = Path(output) if output else default_script_path(cfg_path, options)
+    text = job_script(cfg_path, options, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(options.log_dir).mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+# --- talking to SLURM ---------------------------------------------------------------------------------------------
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise MarketGPTError(f"{name} not found on PATH: the SLURM client tools are missing here "
+                             f"(run this on a login node of the cluster, or `module load slurm`)")
+    return path
+
+
+def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MarketGPTError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f} s (is slurmctld up?)") from None
+
+
+def _first_error_line(result: subprocess.CompletedProcess) -> str:
+    """The line of a failed SLURM command that says what went wrong, without the `sbatch: error:` prefix."""
+    lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    line = errors[-1] if errors else (lines[0] if lines else f"exit code {result.returncode}")
+    return re.sub(r"^\w+: error: ", "", line)
+
+
+def partitions() -> dict[str, bool]:
+    """Partition name -> is the default, from `sinfo`."""
+    result = _run([require_tool("sinfo"), "-h", "-o", "%P"])
+    if result.returncode:
+        raise MarketGPTError(f"sinfo failed: {_first_error_line(result)}")
+    out = {}
+    for line in result.stdout.split():
+        out[line.rstrip("*")] = line.endswith("*")
+    return out
+
+
+def check_partition(name: str) -> None:
+    known = partitions()
+    if name not in known:
+        listed = ", ".join(p + (" (default)" if d else "") for p, d in known.items()) or "none"
+        raise MarketGPTError(f"partition '{name}' does not exist on this cluster; partitions: {listed} "
+                             f"(use --partition)")
+
+
+def cluster_state() -> str:
+    result = _run([require_tool("sinfo"), "-o", "%12P %.5a %.11l %.6D %.10T %.16G %N"])
+    if result.returncode:
+        raise MarketGPTError(f"sinfo failed: {_first_error_line(result)}")
+    return result.stdout.rstrip()
+
+
+def dry_run_submit(script: Path) -> str:
+    """`sbatch --test-only`: SLURM checks the script and whether the resources can ever be had, submits nothing."""
+    result = _run([require_tool("sbatch"), "--test-only", str(script)])
+    if result.returncode:
+        raise MarketGPTError(f"{script}: SLURM rejects it: {_first_error_line(result)}")
+    line = (result.stderr.strip() or result.stdout.strip() or "accepted").splitlines()[-1].removeprefix("sbatch: ")
+    return re.sub(r"^Job \d+ to start", "would start", line)    # --test-only names a job id it never uses
+
+
+def submit(script: Path) -> str:
+    result = _run([require_tool("sbatch"), "--parsable", str(script)])
+    if result.returncode:
+        raise MarketGPTError(f"sbatch {script} failed: {_first_error_line(result)}")
+    return result.stdout.strip().split(";")[0]
+
+
+# --- the launcher ---------------------------------------------------------------------------------------------------
+
+def check_data(cfg, source: str = "config") -> str:
+    """Whether a config's candles are there: network providers (yfinance, ccxt) must have been downloaded;
+    the sample and files providers fill the cache themselves on first use."""
+    from .data import CandleCache, get_provider, load_universe
+
+    d = cfg.data
+    provider = get_provider(d.provider)
+    try:
+        universe = load_universe(d.universe)
+    except FileNotFoundError as exc:
+        raise MarketGPTError(f"{source}: universe '{d.universe}' not found ({exc.filename})") from None
+    if provider.offline:
+        return f"{len(universe)} assets from provider {d.provider} (cached on first use)"
+    cache = CandleCache(d.data_dir or None, d.provider)
+    missing = [s for s in universe.symbol if not cache.exists(s)]
+    if missing:
+        raise MarketGPTError(
+            f"{source}: no cached data for {len(missing)} of {len(universe)} assets of universe '{d.universe}' under "
+            f"{cache.root} (first: {missing[0]}); run `marketgpt data download --universe {d.universe} "
+            f"--provider {d.provider}{' --data-dir ' + d.data_dir if d.data_dir else ''}` first")
+    return f"{len(universe)} assets cached under {cache.root}"
+
+
+@dataclass
+class Submitted:
+    case: str
+    config: str
+    script: Path
+    job_id: str
+    out: Path
+    err: Path
+
+
+def monitor_script(jobs: list[Submitted], log_dir: Path, roots: list[str] = ("checkpoints",)) -> Path:
+    ids = ",".join(j.job_id for j in jobs)
+    logs = " ".join(shlex.quote(str(p)) for j in jobs for p in (j.out, j.err))
+    status = "\n".join(f"{shlex.quote(sys.executable)} -m marketgpt.cli status --all --root {shlex.quote(r)}"
+                       for r in roots)
+    path = log_dir / "monitor.sh"
+    path.write_text(f"""#!/bin/bash
+# Follow the jobs submitted by `marketgpt launch` on {datetime.now().isoformat(timespec="seconds")}:
+# queue state, run status, then the logs as they grow (Ctrl-C to stop).
+cd {shlex.quote(str(Path.cwd()))}
+squeue -j {ids} -o "%.10i %.10P %.20j %.9T %.10M %.11l %.5D %R"
+{status}
+exec tail -n 20 -F {logs}
+""")
+    path.chmod(0o755)
+    return path
+
+
+def confirm(question: str, input_fn=input) -> bool:
+    """Ask on stdin; no stdin (closed, /dev/null, end of input) means no."""
+    try:
+        answer = input_fn(question)
+    except (EOFError, OSError, RuntimeError):     # RuntimeError: no sys.stdin at all
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def launch(configs: list[str | Path], options: SlurmOptions | None = None, yes: bool = False, log=print,
+           input_fn=input) -> list[Submitted]:
+    """Check every config and its data, show the cluster, confirm, submit one job per config, write
+    `<log_dir>/monitor.sh`, and say how to follow the jobs. Returns the submitted jobs ([] if not confirmed)."""
+    options = options or SlurmOptions()
+    options.check()
+    if not configs:
+        raise MarketGPTError("launch: give at least one config")
+    cases: dict[str, tuple[str, object]] = {}
+    for path in configs:
+        cfg = _load(path, options.overrides)
+        info = check_data(cfg, str(path))
+        case = _case_name(cfg.name)
+        if case in cases:
+            raise MarketGPTError(f"{path}: case name '{case}' is also used by {cases[case][0]}; give each config its "
+                                 f"own `name` (it names the job, the logs and the run directory)")
+        cases[case] = (str(path), cfg)
+        log(f"config {path}: case {case}, {info}")
+    require_tool("sbatch")
+    check_partition(options.partition)
+    log("cluster state (sinfo):")
+    log(cluster_state())
+
+    log_dir = Path(options.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    scripts = []
+    for case, (path, cfg) in cases.items():
+        per_case = SlurmOptions(**{**options.__dict__, "job_name": case})
+        script = write_job_script(path, per_case, log_dir / f"{case}.sh")
+        estimate = dry_run_submit(script)
+        scripts.append((case, path, script))
+        log(f"  {case}: {options.describe()}; script {script}; {estimate}")
+    total_gpus = options.nodes * options.gpus_per_node * len(scripts)
+    question = (f"submit {len(scripts)} job(s)" + (f" ({total_gpus} GPUs in all)" if total_gpus else "")
+                + f" to partition {options.partition}? [y/N] ")
+    if not yes and not confirm(question, input_fn):
+        log("nothing submitted (no confirmation; pass --yes to submit without asking)")
+        return []
+
+    jobs = []
+    for case, path, script in scripts:
+        job_id = submit(script)
+        jobs.append(Submitted(case, path, script, job_id, log_dir / f"{case}_{job_id}.out",
+                              log_dir / f"{case}_{job_id}.err"))
+    roots = sorted({cfg.training.checkpoint_dir for _, cfg in cases.values()})
+    monitor = monitor_script(jobs, log_dir, roots)
+    for j in jobs:
+        log(f"submitted {j.case}: job {j.job_id}; log {j.out} (errors {j.err})")
+    log("follow them with:")
+    log(f"  squeue -j {','.join(j.job_id for j in jobs)}")
+    for j in jobs:
+        log(f"  tail -f {j.out}")
+    for root in roots:
+        log(f"  marketgpt status --all --root {shlex.quote(root)}")
+    log(f"  {monitor}        # all of the above")
+    log(f"cancel with: scancel {' '.join(j.job_id for j in jobs)}")
+    return jobs
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+def _slurm_options(p) -> None:
+    d = SlurmOptions()
+    g = p.add_argument_group("SLURM resources (defaults: the guide's 1 node with 2×A100)")
+    g.add_argument("--nodes", type=int, default=d.nodes, help="nodes; >1 trains across nodes (c10d rendezvous)")
+    g.add_argument("--gpus-per-node", type=int, default=d.gpus_per_node, help="GPUs per node; 0 makes a CPU job")
+    g.add_argument("--gpu-type", default=d.gpu_type, help="GRES GPU type, '' for any (default %(default)s)")
+    g.add_argument("--partition", default=d.partition, help="partition (default %(default)s)")
+    g.add_argument("--time", default=d.time, help="time limit D-HH:MM:SS (default %(default)s)")
+    g.add_argument("--cpus-per-gpu", type=int, default=d.cpus_per_gpu, help="CPUs per GPU (default %(default)s)")
+    g.add_argument("--mem-per-gpu", default=d.mem_per_gpu, help="memory per GPU (default %(default)s)")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs per node, instead of cpus-per-gpu × GPUs")
+    g.add_argument("--mem", help="memory per node, instead of mem-per-gpu × GPUs")
+    g.add_argument("--account", help="SLURM account to charge")
+    g.add_argument("--signal-seconds", type=int, default=d.signal_seconds,
+                   help="SIGUSR1 this many seconds before the limit: save last.pt and requeue (default %(default)s)")
+    g.add_argument("--log-dir", default=d.log_dir, help="job logs <case>_<jobid>.out/.err (default %(default)s)")
+    t = p.add_argument_group("training")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value in the job's train command (repeatable)")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--python", default=sys.executable, help="Python of the job (default: this one, %(default)s)")
+
+
+def options_from_args(args) -> SlurmOptions:
+    overrides = list(args.set)
+    if args.gradient_checkpointing:
+        overrides.append("training.gradient_checkpointing=true")
+    if args.compile:
+        overrides.append("training.compile=true")
+    return SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_type=args.gpu_type,
+                        partition=args.partition, time=args.time, cpus_per_gpu=args.cpus_per_gpu,
+                        mem_per_gpu=args.mem_per_gpu, cpus_per_task=args.cpus_per_task, mem=args.mem,
+                        account=args.account, signal_seconds=args.signal_seconds, log_dir=args.log_dir,
+                        overrides=overrides, python=args.python,
+                        run_dir=getattr(args, "run_dir", None), job_name=getattr(args, "job_name", None))
+
+
+def cmd_slurm(args) -> int:
+    options = options_from_args(args)
+    if args.output == "-":
+        sys.stdout.write(job_script(args.config, options))
+        return 0
+    path = write_job_script(args.config, options, args.output)
+    print(f"wrote {path}: {options.describe()}")
+    print(f"submit with: sbatch {path}")
+    return 0
+
+
+def cmd_launch(args) -> int:
+    jobs = launch(args.configs, options_from_args(args), yes=args.yes)
+    return 0 if jobs else 1
+
+
+def cmd_status(args) -> int:
+    from .cluster_status import status_command
+
+    return status_command(args.run_dirs, all_runs=args.all, root=args.root, watch=args.watch,
+                          interval=args.interval, as_json=args.json)
+
+
+def add_commands(sub) -> None:
+    """Register `slurm`, `launch` and `status` on the `marketgpt` parser."""
+    p = sub.add_parser("slurm", help="write an sbatch script for a config (1 or more nodes, GPUs or CPU)",
+                       description="Write an sbatch script that trains CONFIG with srun + torchrun (c10d rendezvous "
+                                   "on the first node), checkpoints and requeues itself before the time limit.")
+    p.add_argument("config", help="config JSON")
+    p.add_argument("-o", "--output", help="script path (default <log-dir>/<case>.sh; '-' prints it)")
+    p.add_argument("--job-name", help="job and log name (default: the config's name)")
+    p.add_argument("--run-dir", help="train in this run directory (resumes it when it holds last.pt)")
+    _slurm_options(p)
+    p.set_defaults(func=cmd_slurm)
+
+    p = sub.add_parser("launch", help="check configs and data, show the cluster, confirm, submit one job per config",
+                       description="Submit several cases at once (e.g. configs/case_a.json configs/case_b.json) "
+                                   "and write <log-dir>/monitor.sh to follow them.")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="config JSON files, one job each")
+    p.add_argument("-y", "--yes", action="store_true", help="submit without asking")
+    _slurm_options(p)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("status", help="progress of runs: epoch, losses, best, ETA, SLURM state, newest checkpoint")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories (default: --all)")
+    p.add_argument("--all", action="store_true", help="every run under --root")
+    p.add_argument("--root", default="checkpoints", help="checkpoint root for --all (default %(default)s)")
+    p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between refreshes (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_status)
+
+
+__all__ = ["SlurmOptions", "Submitted", "add_commands", "check_data", "check_partition", "job_script", "launch",
+           "write_job_script"]
