@@ -101,14 +101,21 @@ def make_windows(store: TokenStore, split_name: str, context_length: int) -> np.
     return np.concatenate(out).astype(np.int64)
 
 
-def gather(store: TokenStore, windows: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(inputs (B,T,C), targets (B,T,C), loss mask (B,T), asset ids (B,)) for a batch of windows."""
+def gather_sequences(store: TokenStore, windows: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token rows (B,T+1,C) int64, loss mask (B,T), asset ids (B,)) for a batch of windows: inputs are
+    sequences[:, :-1], targets sequences[:, 1:]."""
     offsets = np.arange(context_length + 1)
     rows = windows[:, :1] + offsets
     seq = np.asarray(store.tokens[rows.ravel()]).reshape(len(windows), context_length + 1, -1).astype(np.int64)
     target_rows = rows[:, 1:]
     mask = (target_rows >= windows[:, 1:2]) & (target_rows < windows[:, 2:3])
-    return seq[:, :-1], seq[:, 1:], mask, windows[:, 3]
+    return seq, mask, windows[:, 3]
+
+
+def gather(store: TokenStore, windows: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs (B,T,C), targets (B,T,C), loss mask (B,T), asset ids (B,)) for a batch of windows."""
+    seq, mask, asset = gather_sequences(store, windows, context_length)
+    return seq[:, :-1], seq[:, 1:], mask, asset
 
 
 @dataclass

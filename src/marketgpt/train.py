@@ -23,7 +23,7 @@ from . import __version__
 from .baselines import unigram_nll
 from .checkpoint import load_checkpoint, save_atomic, write_json
 from .config import Config, from_dict
-from .dataset import TokenStore, gather, make_windows, prepare_dataset
+from .dataset import TokenStore, gather_sequences, make_windows, prepare_dataset
 from .distributed import Dist, all_gather_objects, all_sum, barrier, broadcast_object, init_distributed, shutdown
 from .errors import MarketGPTError
 from .model import MarketGPT
@@ -31,6 +31,7 @@ from .progress import is_terminal
 from .tokenizer import CandleTokenizer
 
 REQUEUE_EXIT_CODE = 3  # the trainer saved a checkpoint on a signal and wants to be started again
+STOP_CHECK_EVERY = 10  # distributed ranks compare their stop flags every this many steps (each check waits for the device)
 
 
 @dataclass
@@ -72,6 +73,14 @@ def correct_per_channel(logits: torch.Tensor, targets: torch.Tensor, mask: torch
     return ((logits.argmax(-1) == targets) & mask.unsqueeze(-1)).sum(dim=(0, 1))
 
 
+def count_targets(windows: np.ndarray, context_length: int) -> int:
+    """Targets that count in a batch of windows (start, target_lo, target_hi, asset): the rows start+1..start+T that
+    fall in [target_lo, target_hi). Computed from the window rows, so it never waits for the device."""
+    lo = np.maximum(windows[:, 1], windows[:, 0] + 1)
+    hi = np.minimum(windows[:, 2], windows[:, 0] + context_length + 1)
+    return int(np.clip(hi - lo, 0, None).sum())
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, d: Dist, log=print):
         self.cfg, self.run_dir, self.d, self.log = cfg, run_dir, d, log
@@ -83,8 +92,8 @@ class Trainer:
         self.model = MarketGPT(cfg.model, self.store.tokens.shape[1], len(self.store.symbols),
                                len(self.store.category_names)).to(d.device)
         self.model.gradient_checkpointing = cfg.training.gradient_checkpointing
-        self.optimizer = self.model.configure_optimizer(cfg.training.weight_decay, cfg.training.learning_rate,
-                                                        fused=d.device.type == "cuda")
+        # The fused AdamW kernel on CUDA and on CPU (see configure_optimizer).
+        self.optimizer = self.model.configure_optimizer(cfg.training.weight_decay, cfg.training.learning_rate, fused=True)
         wrapped = DDP(self.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) if d.enabled else self.model
         self.forward = torch.compile(wrapped) if cfg.training.compile else wrapped
         per_step = cfg.training.batch_size * d.world_size
@@ -97,11 +106,16 @@ class Trainer:
 
     # --- batches -------------------------------------------------------------------------------
     def batch(self, windows: np.ndarray):
-        x, y, mask, asset = gather(self.store, windows, self.cfg.model.context_length)
-        dev = self.d.device
-        to = lambda a: torch.from_numpy(a).to(dev, non_blocking=True)  # noqa: E731
+        seq, mask, asset = gather_sequences(self.store, windows, self.cfg.model.context_length)
         asset_t = torch.from_numpy(asset)
-        return to(x), to(y), to(mask), asset_t.to(dev), self.categories[asset_t].to(dev)
+        # inputs and targets are two views of one (B, T+1, C) tensor: one copy to the device instead of two
+        host = [torch.from_numpy(seq), torch.from_numpy(mask), asset_t, self.categories[asset_t]]
+        if self.d.device.type == "cuda":
+            # Pinned host memory makes the copies asynchronous: the host prepares the next batch while the device
+            # still runs this step (a copy from pageable memory waits for the device first).
+            host = [t.pin_memory().to(self.d.device, non_blocking=True) for t in host]
+        seq, mask_t, asset_t, category = host
+        return seq[:, :-1], seq[:, 1:], mask_t, asset_t, category
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The same permutation on every rank, and after a resume: it depends on the seed and epoch only."""
@@ -113,26 +127,33 @@ class Trainer:
         return contextlib.nullcontext()
 
     # --- one optimisation step -------------------------------------------------------------------
-    def train_step(self, global_windows: np.ndarray) -> tuple[float, float, torch.Tensor]:
-        """Every rank takes its share of the global batch; the loss is normalised by the global number of
-        targets so that the averaged DDP gradient equals the single-process gradient of the same batch."""
+    def step_stats(self, global_windows: np.ndarray) -> torch.Tensor:
+        """One optimisation step. Every rank takes its share of the global batch; the loss is normalised by the
+        global number of targets so that the averaged DDP gradient equals the single-process gradient of the same
+        batch. Returns this rank's [loss sum, targets, correct per channel] as a float64 tensor on the device: the
+        host never waits for the device inside a step, so on a GPU it prepares the next batch meanwhile."""
         local = global_windows[self.d.rank::self.d.world_size]
         x, y, mask, asset, category = self.batch(local)
         T = self.cfg.model.context_length
-        offsets = np.arange(1, T + 1)
-        rows = global_windows[:, :1] + offsets
-        n_global = int(((rows >= global_windows[:, 1:2]) & (rows < global_windows[:, 2:3])).sum())
+        n_global, n_local = count_targets(global_windows, T), count_targets(local, T)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.state.global_step, self.total_steps, self.cfg)
         with self.autocast():
             logits, loss = self.forward(x, asset, category, y, mask)
-        n_local = int(mask.sum())
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (n_local * self.d.world_size / n_global)).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.gradient_clip)
         self.optimizer.step()
         C = y.shape[-1]
-        return float(loss.detach()) * n_local * C, float(n_local), correct_per_channel(logits, y, mask).cpu()
+        with torch.no_grad():
+            loss64 = loss.detach().double()   # new_full, not new_tensor: a host-to-device copy would wait
+            sums = torch.stack([loss64 * n_local * C, loss64.new_full((), n_local)])
+            return torch.cat([sums, correct_per_channel(logits, y, mask).double()])
+
+    def train_step(self, global_windows: np.ndarray) -> tuple[float, float, torch.Tensor]:
+        """step_stats as (loss sum, targets, correct per channel on the CPU)."""
+        stats = self.step_stats(global_windows).cpu()
+        return stats[0].item(), stats[1].item(), stats[2:].long()
 
     # --- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,15 +161,18 @@ class Trainer:
         """Mean loss per target and channel, and accuracy per channel, over all ranks."""
         self.model.eval()
         C = self.store.tokens.shape[1]
-        totals = torch.zeros(2 + C, dtype=torch.float64)
+        T = self.cfg.model.context_length
+        totals = torch.zeros(2 + C, dtype=torch.float64, device=self.d.device)
         mine = windows[self.d.rank::self.d.world_size]
         for i in range(0, len(mine), self.cfg.training.batch_size):
-            x, y, mask, asset, category = self.batch(mine[i:i + self.cfg.training.batch_size])
+            chunk = mine[i:i + self.cfg.training.batch_size]
+            x, y, mask, asset, category = self.batch(chunk)
             with self.autocast():
                 logits, loss = self.model(x, asset, category, y, mask)
-            n = float(mask.sum())
-            totals += torch.cat([torch.tensor([float(loss) * n * C, n], dtype=torch.float64),
-                                 correct_per_channel(logits, y, mask).cpu().double()])
+            n = count_targets(chunk, T)
+            loss64 = loss.double()
+            totals += torch.cat([torch.stack([loss64 * n * C, loss64.new_full((), n)]),
+                                 correct_per_channel(logits, y, mask).double()])
         self.model.train()
         totals = all_sum(totals, self.d)
         n = max(totals[1].item(), 1.0)
@@ -158,7 +182,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         rng = all_gather_objects(torch.get_rng_state(), self.d)
         cuda_rng = all_gather_objects(torch.cuda.get_rng_state(self.d.device) if self.d.device.type == "cuda" else None, self.d)
-        accum = all_sum(torch.tensor(self.state.accum or [0.0], dtype=torch.float64), self.d).tolist()
+        accum = all_sum(torch.tensor(self.state.accum or [0.0], dtype=torch.float64, device=self.d.device), self.d).tolist()
         state = dict(self.state.__dict__, accum=accum if self.state.accum else [])
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": json.dumps(state),
                 "rng": rng, "cuda_rng": [r for r in cuda_rng if r is not None], "world_size": self.d.world_size,
@@ -214,8 +238,13 @@ class Trainer:
         self.stop_requested = True
 
     def should_stop(self) -> bool:
-        """All ranks agree to stop at the same step when any of them got the signal."""
-        flag = all_sum(torch.tensor([float(self.stop_requested)]), self.d)
+        """All ranks agree to stop at the same step when any of them got the signal: distributed, they compare
+        flags every STOP_CHECK_EVERY steps (a collective that waits for the device), alone the flag is read as is."""
+        if not self.d.enabled:
+            return self.stop_requested
+        if self.state.global_step % STOP_CHECK_EVERY:
+            return False
+        flag = all_sum(torch.tensor([float(self.stop_requested)], device=self.d.device), self.d)
         return bool(flag.item())
 
     def run(self) -> int:
@@ -229,6 +258,8 @@ class Trainer:
             order = self.epoch_order(epoch)
             if not s.accum:
                 s.accum = [0.0] * (2 + C)
+            # this epoch's sums stay on the device; s.accum is brought up to date before anything saves it
+            accum = torch.tensor(s.accum, dtype=torch.float64, device=self.d.device)
             steps = range(s.step, self.steps_per_epoch)
             bar = None
             if self.d.is_main and is_terminal():
@@ -237,13 +268,16 @@ class Trainer:
                 bar = tqdm(total=self.steps_per_epoch, initial=s.step, desc=f"epoch {epoch}", leave=False)
             for step in steps:
                 windows = order[step * per_step:(step + 1) * per_step]
-                loss_sum, count, correct = self.train_step(self.train_windows[windows])
-                s.accum = [a + b for a, b in zip(s.accum, [loss_sum, count, *correct.tolist()])]
+                stats = self.step_stats(self.train_windows[windows])
+                accum += stats
                 s.step, s.global_step = step + 1, s.global_step + 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / max(count, 1) / C:.3f}")
+                    if step % 10 == 0:   # reading the loss waits for the device
+                        loss_sum, count = stats[:2].tolist()
+                        bar.set_postfix(loss=f"{loss_sum / max(count, 1) / C:.3f}")
                 if self.should_stop():
+                    s.accum = accum.tolist()
                     s.elapsed = time.time() - started
                     self.save("last.pt")
                     self.log(f"Stop requested: saved {self.run_dir / 'last.pt'} at epoch {epoch} step {s.step}; "
@@ -251,7 +285,7 @@ class Trainer:
                     return REQUEUE_EXIT_CODE
             if bar is not None:
                 bar.close()
-            totals = all_sum(torch.tensor(s.accum, dtype=torch.float64), self.d).tolist()
+            totals = all_sum(accum, self.d).tolist()
             n = max(totals[1], 1.0)
             train_loss, train_acc = totals[0] / (n * C), [c / n for c in totals[2:]]
             val_loss, val_acc = self.evaluate(self.val_windows)
