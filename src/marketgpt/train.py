@@ -424,12 +424,14 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
             for sig, handler in zip((signal.SIGUSR1, signal.SIGTERM), previous):
                 signal.signal(sig, handler)
         trainer.write_log()
-        if code:
-            raise SystemExit(code)
-        if d.is_main and cfg.training.evaluate:
-            from .evaluate import evaluate_run, headline
-
-            say(headline(evaluate_run(run_dir, log=say)))
-        return run_dir
+        barrier(d)   # no rank leaves the group while another still uses it
     finally:
         shutdown(d)
+    if code:
+        raise SystemExit(code)
+    # Evaluation runs in one process, after every rank has left the process group together.
+    if d.is_main and cfg.training.evaluate:
+        from .evaluate import evaluate_run, headline
+
+        say(headline(evaluate_run(run_dir, log=say)))
+    return run_dir
