@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_load.py
 	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/time_to_loss.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,138 @@
+"""Collect bench/results/*.json into bench/results/README.md: one Markdown table (what was measured, against which
+reference from the same run, the ratio, the target), the machine each ran on, and the throughput detail.
+
+Run: `python bench/report.py` (after the benchmarks; `make bench` runs it last).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_text(m) -> str:
+    if isinstance(m, str):
+        return m
+    if "cpu" in m:   # bench/common.py machine()
+        text = f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads)"
+        if m.get("gpu"):
+            text = f"{m['gpu']} x{m.get('gpu_count', 1)}; " + text
+        return text
+    return ", ".join(f"{k} {v}" for k, v in m.items() if not k.startswith("load"))
+
+
+def load_text(m) -> str:
+    if isinstance(m, dict):
+        loads = [m.get(k) for k in ("load1_start", "load1_end", "loadavg_1min_at_end") if m.get(k) is not None]
+        if loads:
+            return " / ".join(f"{x:.2f}" for x in loads)
+    return "n/a"
+
+
+def met(ok) -> str:
+    return "met" if ok else "**not met**"
+
+
+def rows_train_throughput(r: dict) -> list[list[str]]:
+    peak = r["peak"]
+    unit, scale = ("TFLOP/s", 1e12) if r["machine"].get("device") == "cuda" else ("GFLOP/s", 1e9)
+    out = []
+    for shape in r["shapes"]:
+        v = shape["variants"][0]
+        target = r["summary"]["target"] if shape is r["shapes"][0 if r["machine"].get("device") == "cuda" else 1] else ""
+        out.append([f"training throughput, {shape['case']} shapes ({v['name']})",
+                    f"{v['positions_per_s']:,.0f} positions/s = {v['flops'] / scale:.1f} {unit}",
+                    f"{peak['dtype']} matmul peak {peak['flops'] / scale:.1f} {unit}", f"MFU {v['mfu']:.2f}",
+                    f"{target}: {met(r['summary']['met'])}" if target else ""])
+    return out
+
+
+def rows_time_to_loss(r: dict) -> list[list[str]]:
+    o, e = r["original"], r["every_position"]
+    ours = f"{e['seconds_to_target']:.1f} s ({e['steps_to_target']} steps)" if e.get("seconds_to_target") else "not reached"
+    ratio = f"{r['ratio']:.1f}x faster ({r['step_ratio']:.1f}x fewer steps)" if r.get("ratio") else "n/a"
+    return [[f"time to val loss {r['target_val_loss']:.3f}, every-position loss ({r['data']})", ours,
+             f"original objective {o['seconds_to_target']:.1f} s ({o['steps_to_target']} steps)", ratio,
+             f"{r['summary']['target']}: {met(r['summary']['met'])}"]]
+
+
+def rows_memory(r: dict) -> list[list[str]]:
+    cases = r["cases"]
+    if r["machine"].get("device") == "cuda":
+        ours = ", ".join(f"{c.upper()} {v['allocated_gb']:.1f}" for c, v in cases.items())
+        what = "peak memory per training step, batch 32 (CUDA, bf16), GB"
+    else:
+        ours = ", ".join(f"{c.upper()} {v['bf16_autocast_gb']:.1f}" for c, v in cases.items())
+        what = "peak memory per training step, batch 32 (CPU estimate, bf16 autocast), GB"
+    guide = ", ".join(f"{c.upper()} {v['guide_gb']}" for c, v in cases.items())
+    return [[what, ours, f"guide per GPU: {guide}", "", ""]]
+
+
+def rows_tokenizer(r: dict) -> list[list[str]]:
+    return [[f"tokenizer fit + encode, {r['candles']:,} candles", f"{r['ours']['total_s']:.1f} s",
+             f"k-means (1024 clusters, 10 restarts), extrapolated {r['kmeans']['extrapolated_four_channels_s']:,.0f} s",
+             f"{r['ratio_kmeans_over_ours']:,.0f}x faster", ""]]
+
+
+def rows_data_load(r: dict) -> list[list[str]]:
+    return [[f"load a cache of {r['candles']:,} candles", f"{r['seconds']:.2f} s, +{r['peak_mb']} MB",
+             f"plain read_parquet + concat {r['reference_seconds']:.2f} s, +{r['reference_peak_mb']} MB",
+             f"time {r['time_ratio']}x, memory {r['memory_ratio']}x", ""]]
+
+
+FORMATTERS = {"train_throughput": rows_train_throughput, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
+              "tokenizer": rows_tokenizer, "data_load": rows_data_load}
+ORDER = ["train_throughput", "time_to_loss", "memory", "tokenizer", "data_load"]
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def main() -> int:
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    names = [n for n in ORDER if n in results] + sorted(n for n in results if n not in ORDER)
+    rows, machines = [], []
+    for name in names:
+        r = results[name]
+        formatter = FORMATTERS.get(name)
+        new = formatter(r) if formatter else [[name, json.dumps({k: v for k, v in r.items() if k != "machine"})[:120], "", "", ""]]
+        m = machine_text(r.get("machine", "n/a"))
+        if m not in machines:
+            machines.append(m)
+        tag = f"[{machines.index(m) + 1}]"
+        rows += [row + [f"{tag} {load_text(r.get('machine', {}))}"] for row in new]
+    lines = ["# Benchmark results", "",
+             "Written by `bench/report.py` from `bench/results/*.json` (`make bench`). Every reference is measured in "
+             "the same run as the number it is compared with. Load: the 1-minute load average at the start / end of "
+             "the benchmark, its own process included.", ""]
+    lines += table(["benchmark", "ours", "reference (same run)", "ratio", "target", "machine, load"], rows)
+    lines += ["", "Machines:", ""] + [f"{i + 1}. {m}" for i, m in enumerate(machines)]
+    tp = results.get("train_throughput")
+    if tp:
+        cuda = tp["machine"].get("device") == "cuda"
+        unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
+        lines += ["", "## Training throughput by variant", "",
+                  f"Peak: {tp['peak']['dtype']} torch.mm {tp['peak']['size']}^2, best of 5: "
+                  f"{tp['peak']['flops'] / scale:.1f} {unit}"
+                  + (f"; bf16 for reference: {tp['peak_bf16']['flops'] / scale:.1f} {unit}" if "peak_bf16" in tp else "")
+                  + ". FLOPs per position: 6N + 12·L·d·T, N = non-embedding parameters including the output heads.", ""]
+        detail = []
+        for shape in tp["shapes"]:
+            for v in shape["variants"]:
+                detail.append([f"{shape['case']} (batch {shape['batch_size']} x {shape['context_length']})",
+                               v["name"].strip(), f"{v['step_s']:.3f}", f"{v['positions_per_s']:,.0f}",
+                               f"{v['flops'] / scale:.1f}", f"{v['mfu']:.2f}"])
+        lines += table(["shapes", "variant", "s/step", "positions/s", unit, "MFU"], detail)
+    out = RESULTS / "README.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
