@@ -36,6 +36,14 @@ def met(ok) -> str:
     return "met" if ok else "**not met**"
 
 
+def case_name(case: str) -> str:
+    return "sample" if case == "sample" else f"Case {case.upper()}"
+
+
+def dtype_name(dtype: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
 def rows_train_throughput(r: dict) -> list[list[str]]:
     peak = r["peak"]
     unit, scale = ("TFLOP/s", 1e12) if r["machine"].get("device") == "cuda" else ("GFLOP/s", 1e9)
@@ -43,9 +51,9 @@ def rows_train_throughput(r: dict) -> list[list[str]]:
     for shape in r["shapes"]:
         v = shape["variants"][0]
         target = r["summary"]["target"] if shape is r["shapes"][0 if r["machine"].get("device") == "cuda" else 1] else ""
-        out.append([f"training throughput, {shape['case']} shapes ({v['name']})",
-                    f"{v['positions_per_s']:,.0f} positions/s = {v['flops'] / scale:.1f} {unit}",
-                    f"{peak['dtype']} matmul peak {peak['flops'] / scale:.1f} {unit}", f"MFU {v['mfu']:.2f}",
+        out.append([f"training throughput, {case_name(shape['case'])} shapes, batch {shape['batch_size']} "
+                    f"({v['name']})", f"{v['positions_per_s']:,.0f} candles/s = {v['flops'] / scale:.1f} {unit}",
+                    f"{dtype_name(peak['dtype'])} matmul peak {peak['flops'] / scale:.1f} {unit}", f"MFU {v['mfu']:.2f}",
                     f"{target}: {met(r['summary']['met'])}" if target else ""])
     return out
 
@@ -65,8 +73,8 @@ def rows_memory(r: dict) -> list[list[str]]:
         ours = ", ".join(f"{c.upper()} {v['allocated_gb']:.1f}" for c, v in cases.items())
         what = "peak memory per training step, batch 32 (CUDA, bf16), GB"
     else:
-        ours = ", ".join(f"{c.upper()} {v['bf16_autocast_gb']:.1f}" for c, v in cases.items())
-        what = "peak memory per training step, batch 32 (CPU estimate, bf16 autocast), GB"
+        ours = "; ".join(f"{c.upper()} {v['bf16_autocast_gb']:.1f} (fp32 {v['fp32_gb']:.1f})" for c, v in cases.items())
+        what = "peak memory per training step, batch 32 (CPU estimate of tensors, bf16 autocast as on CUDA), GB"
     guide = ", ".join(f"{c.upper()} {v['guide_gb']}" for c, v in cases.items())
     return [[what, ours, f"guide per GPU: {guide}", "", ""]]
 
@@ -116,17 +124,18 @@ def main() -> int:
         cuda = tp["machine"].get("device") == "cuda"
         unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
         lines += ["", "## Training throughput by variant", "",
-                  f"Peak: {tp['peak']['dtype']} torch.mm {tp['peak']['size']}^2, best of 5: "
+                  f"Peak: {dtype_name(tp['peak']['dtype'])} torch.mm {tp['peak']['size']}^2, best of 5: "
                   f"{tp['peak']['flops'] / scale:.1f} {unit}"
                   + (f"; bf16 for reference: {tp['peak_bf16']['flops'] / scale:.1f} {unit}" if "peak_bf16" in tp else "")
-                  + ". FLOPs per position: 6N + 12·L·d·T, N = non-embedding parameters including the output heads.", ""]
+                  + ". FLOPs per candle position: 6N + 12·L·d·T, N = non-embedding parameters including the 4 output "
+                  "heads. Each variant below undoes one of the trainer's speed changes, or adds an option.", ""]
         detail = []
         for shape in tp["shapes"]:
             for v in shape["variants"]:
-                detail.append([f"{shape['case']} (batch {shape['batch_size']} x {shape['context_length']})",
+                detail.append([f"{case_name(shape['case'])} (batch {shape['batch_size']} x {shape['context_length']})",
                                v["name"].strip(), f"{v['step_s']:.3f}", f"{v['positions_per_s']:,.0f}",
                                f"{v['flops'] / scale:.1f}", f"{v['mfu']:.2f}"])
-        lines += table(["shapes", "variant", "s/step", "positions/s", unit, "MFU"], detail)
+        lines += table(["shapes", "variant", "s/step", "candles/s", unit, "MFU"], detail)
     out = RESULTS / "README.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,7 +5,8 @@ precision the CPU trainer runs in; bf16 printed for reference), bf16 on CUDA (th
 
 Step: `Trainer.step_stats` (what `marketgpt train` runs: batch gather, forward, loss, backward, clipping, AdamW,
 accuracy counts) of each case config at its batch size on a synthetic token store (random tokens; the cost does
-not depend on the values). CPU: the sample and Case C shapes; CUDA (when present): Case A, and Case C.
+not depend on the values). CPU: the sample and Case C shapes; CUDA (when present): Case A, and Case C. Throughput is counted in candles
+(positions) per second; each candle is 4 channel tokens.
 
 FLOPs per position (one candle): `marketgpt.model.flops_per_token` = 6N + 12·L·d_model·T, with N the
 non-embedding parameters, which include the C output heads (C × d_model × vocab: real matmuls, 18% of N for Case
@@ -122,9 +123,10 @@ def measure(case: str, dev: torch.device, steps: int, warmup: int, peak: float, 
         out["variants"].append(r)
         out.update(params_non_embedding=n_params, flops_per_position=fpt)
         extra = f"   (warm-up incl. compile {r['warmup_s']:.0f} s)" if compile_ else ""
-        print(f"  {name:<44} {r['step_s']:7.3f} s/step  {positions:9,.0f} positions/s  "
+        print(f"  {name:<46} {r['step_s']:7.3f} s/step  {positions:9,.0f} candles/s  "
               f"{r['flops'] / 1e9:8.1f} GFLOP/s  MFU {r['mfu']:.2f}{extra}", flush=True)
-    print(f"  ({n_params:,} non-embedding parameters incl. the 4 output heads; {fpt / 1e6:.1f} MFLOP per position)")
+    print(f"  ({n_params:,} non-embedding parameters incl. the 4 output heads; {fpt / 1e6:.1f} MFLOP per candle "
+          f"position; a candle is 4 channel tokens)")
     return out
 
 
