@@ -52,6 +52,18 @@ def init_distributed() -> Dist:
     return Dist(rank, world, local_rank, local_world, device)
 
 
+def gradient_group(d: Dist):
+    """A process group of its own for DDP's gradient all-reduce.
+
+    DDP keeps its process group alive until the interpreter exits. If that were the default group, the tensors
+    of the last collectives (losses, the final barrier) could be released by its worker threads during
+    interpreter teardown, where taking the GIL aborts the process ("terminate called without an active
+    exception"). With DDP on a group of its own, `shutdown` destroys the default group and joins its threads
+    while Python is fully alive.
+    """
+    return dist.new_group() if d.enabled else None
+
+
 def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
     """Sum a tensor over all ranks (returns a copy on the tensor's device)."""
     values = values.clone()

@@ -24,7 +24,8 @@ from .baselines import unigram_nll
 from .checkpoint import load_checkpoint, save_atomic, write_json
 from .config import Config, from_dict
 from .dataset import TokenStore, gather_sequences, make_windows, prepare_dataset
-from .distributed import Dist, all_gather_objects, all_sum, barrier, broadcast_object, init_distributed, shutdown
+from .distributed import (Dist, all_gather_objects, all_sum, barrier, broadcast_object, gradient_group, init_distributed,
+                          shutdown)
 from .errors import MarketGPTError
 from .model import MarketGPT
 from .progress import is_terminal
@@ -94,7 +95,8 @@ class Trainer:
         self.model.gradient_checkpointing = cfg.training.gradient_checkpointing
         # The fused AdamW kernel on CUDA and on CPU (see configure_optimizer).
         self.optimizer = self.model.configure_optimizer(cfg.training.weight_decay, cfg.training.learning_rate, fused=True)
-        wrapped = DDP(self.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) if d.enabled else self.model
+        wrapped = DDP(self.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                      process_group=gradient_group(d)) if d.enabled else self.model
         self.forward = torch.compile(wrapped) if cfg.training.compile else wrapped
         per_step = cfg.training.batch_size * d.world_size
         self.steps_per_epoch = max(1, len(self.train_windows) // per_step)
