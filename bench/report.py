@@ -60,10 +60,13 @@ def rows_train_throughput(r: dict) -> list[list[str]]:
 
 def rows_time_to_loss(r: dict) -> list[list[str]]:
     o, e = r["original"], r["every_position"]
-    ours = f"{e['seconds_to_target']:.1f} s ({e['steps_to_target']} steps)" if e.get("seconds_to_target") else "not reached"
+    lr = r.get("learning_rates", {})
+    at = {side: f" at lr {lr[side]:g}" if side in lr else "" for side in ("original", "every_position")}
+    ours = (f"{e['seconds_to_target']:.1f} s ({e['steps_to_target']} steps){at['every_position']}"
+            if e.get("seconds_to_target") else "not reached")
     ratio = f"{r['ratio']:.1f}x faster ({r['step_ratio']:.1f}x fewer steps)" if r.get("ratio") else "n/a"
     return [[f"time to val loss {r['target_val_loss']:.3f}, every-position loss ({r['data']})", ours,
-             f"original objective {o['seconds_to_target']:.1f} s ({o['steps_to_target']} steps)", ratio,
+             f"original objective {o['seconds_to_target']:.1f} s ({o['steps_to_target']} steps){at['original']}", ratio,
              f"{r['summary']['target']}: {met(r['summary']['met'])}"]]
 
 
