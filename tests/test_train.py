@@ -16,8 +16,10 @@ import torch
 
 from marketgpt.checkpoint import load_checkpoint
 from marketgpt.config import load_config
+from marketgpt.data.universe import load_universe
 from marketgpt.dataset import TokenStore
 from marketgpt.distributed import Dist
+from marketgpt.model import MarketGPT
 from marketgpt.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +149,40 @@ def test_case_config_builds_and_takes_one_step(tmp_path, case, capsys):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     m = trainer.model
     print(f"case {case}: {m.num_parameters():,} parameters, {m.num_parameters(non_embedding=True):,} non-embedding")
+
+
+@pytest.mark.parametrize("case", ["a", "b", "c"])
+def test_readme_cases_table_matches_the_models_built_for_the_universes(case):
+    row = re.search(rf"^\| {case.upper()} \| (\d+) \|.*\| ([\d,]+) \| ([\d,]+) \|$", (ROOT / "README.md").read_text(), re.M)
+    assert row, f"README has no cases-table row for case {case}"
+    universe = load_universe(case)
+    cfg = load_config(CONFIGS / f"case_{case}.json")
+    model = MarketGPT(cfg.model, 4, len(universe), universe["category"].nunique())
+    assert int(row.group(1)) == len(universe)
+    assert row.group(2) == f"{model.num_parameters():,}"
+    assert row.group(3) == f"{model.num_parameters(non_embedding=True):,}"
+
+
+def assert_one_error_line(result, *needles):
+    """Exit 2, no traceback, and one error line (after any progress lines) holding every needle."""
+    err = result.stderr.strip()
+    errors = [line for line in err.splitlines() if line.startswith("marketgpt: error: ")]
+    assert result.returncode == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert all(needle in errors[0] for needle in needles), err
+
+
+def test_a_run_whose_data_cannot_be_had_fails_in_one_line_and_leaves_no_run_directory(tmp_path):
+    cfg = tiny_config(tmp_path)
+    raw = json.loads(cfg.read_text())
+    (tmp_path / "csv").mkdir()
+    raw["data"].update(provider=f"files:{tmp_path / 'csv'}", data_dir=str(tmp_path / "empty_cache"))
+    cfg.write_text(json.dumps(raw))
+    assert_one_error_line(run_cli("train", cfg), "no file for asset SPX")
+    assert not any((tmp_path / "checkpoints").glob("tiny_*"))
+
+
+def test_resuming_a_run_with_a_corrupt_config_fails_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": {"vocab_size": 64,')
+    assert_one_error_line(run_cli("train", "--resume", run), str(run / "config.json"), "invalid JSON at line 1")

@@ -156,14 +156,22 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, parsed
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+def read_json(path: str | Path, what: str = "file"):
+    """Parse a JSON file, or a one-line MarketGPTError naming the file, the line and the problem."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise MarketGPTError(f"{path}: config file not found") from None
+        raise MarketGPTError(f"{path}: {what} not found") from None
     except json.JSONDecodeError as exc:
         raise MarketGPTError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MarketGPTError(f"{path}: unreadable {what} ({exc.__class__.__name__}: {exc})") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    raw = read_json(path, "config file")
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:

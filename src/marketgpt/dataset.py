@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import read_json
 from .data import SPLITS, TimeSplit
 from .errors import MarketGPTError
 from .tokenizer import CandleTokenizer
@@ -54,7 +55,7 @@ class TokenStore:
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> "TokenStore":
         mode = "r" if mmap else None
-        meta = json.loads((folder / "assets.json").read_text())
+        meta = read_json(folder / "assets.json", "token store index")
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False)
                   for n in ("tokens", "asset", "split", "returns")}
         dates = np.load(folder / "dates.npy", allow_pickle=False).astype("datetime64[D]")

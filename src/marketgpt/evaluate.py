@@ -22,11 +22,11 @@ Definitions (also written into every report)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
+from .config import read_json
 from .errors import MarketGPTError
 
 SPLITS = ("test", "val")
@@ -571,7 +571,7 @@ def make_plots(results: dict, run_dir, prefix: str = "") -> dict:
     run_dir = Path(run_dir)
     out = {}
     log_path = run_dir / "training_log.json"
-    epochs = json.loads(log_path.read_text()).get("epochs", []) if log_path.exists() else []
+    epochs = read_json(log_path, "training log").get("epochs", []) if log_path.exists() else []
     if epochs:
         e = [x["epoch"] for x in epochs]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -662,7 +662,7 @@ def compare_runs(run_dirs, split: str = "test", evaluate_missing: bool = True, l
         run_dir = Path(run_dir)
         path = run_dir / results_name(split)
         if path.exists():
-            results = json.loads(path.read_text())
+            results = read_json(path, "results file")
         elif not run_dir.is_dir():
             raise MarketGPTError(f"{run_dir}: run directory not found")
         elif evaluate_missing:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import __version__
 from .baselines import unigram_nll
 from .checkpoint import load_checkpoint, save_atomic, write_json
-from .config import Config, from_dict
+from .config import Config, from_dict, read_json
 from .dataset import TokenStore, gather_sequences, make_windows, prepare_dataset
 from .distributed import (Dist, all_gather_objects, all_sum, barrier, broadcast_object, gradient_group, init_distributed,
                           shutdown)
@@ -366,11 +367,25 @@ def write_run_files(cfg: Config, run_dir: Path, d: Dist) -> None:
                                          "command": " ".join(sys.argv)}}, run_dir / "config.json")
 
 
+def start_run_dir(cfg: Config, run_dir: str | Path | None, d: Dist) -> Path:
+    """Make the run directory and write its files; a run that fails to start (no cached data, say) leaves no
+    directory of its own behind."""
+    made_here = run_dir is None or not Path(run_dir).exists()
+    run_dir = new_run_dir(cfg) if run_dir is None else fresh_run_dir(Path(run_dir))
+    try:
+        write_run_files(cfg, run_dir, d)
+    except BaseException:
+        if made_here:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
+
+
 def read_run_config(run_dir: Path) -> Config:
     path = run_dir / "config.json"
     if not path.exists():
         raise MarketGPTError(f"{run_dir}: not a run directory (no config.json)")
-    return from_dict(json.loads(path.read_text()), str(path))
+    return from_dict(read_json(path, "run config"), str(path))
 
 
 def device_line(d: Dist) -> str:
@@ -398,10 +413,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
             run_dir = Path(resume)
             cfg = read_run_config(run_dir)
         else:
-            made = (new_run_dir(cfg) if run_dir is None else fresh_run_dir(Path(run_dir))) if d.is_main else None
-            run_dir = Path(broadcast_object(str(made), d))
-            if d.is_main:
-                write_run_files(cfg, run_dir, d)
+            run_dir = Path(broadcast_object(str(start_run_dir(cfg, run_dir, d)) if d.is_main else None, d))
             barrier(d)
         torch.manual_seed(cfg.training.seed + d.rank)
         say(device_line(d))
