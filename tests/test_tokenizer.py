@@ -13,6 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from marketgpt.config import from_dict
+from marketgpt.data import time_split
+from marketgpt.dataset import prepare_dataset
 from marketgpt.errors import MarketGPTError
 from marketgpt.tokenizer import (
     CandleTokenizer,
@@ -239,22 +242,39 @@ def test_changing_candles_from_t_on_changes_no_earlier_token(tok, seed, t, scale
     np.testing.assert_array_equal(after[: t - 1], before[: t - 1])
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), cut=st.integers(50, 350), volume=st.booleans())
-def test_fit_sees_only_the_training_period(tmp_path_factory, seed, cut, volume):
+def fitted_through_the_pipeline(frame: pd.DataFrame, folder: Path, volume: bool) -> bytes:
+    """Write the frame as per-asset CSV files and run the trainer's data path on them: files provider, cache,
+    global time split, tokenizer fit. Returns the tokenizer file's bytes."""
+    csv = folder / "csv"
+    csv.mkdir(parents=True)
+    for symbol, rows in frame.groupby("symbol"):
+        rows.drop(columns="symbol").to_csv(csv / f"{symbol}.csv", index=False)
+    (folder / "universe.csv").write_text("symbol,category\n" + "".join(f"{s},us_stocks\n" for s in frame.symbol.unique()))
+    cfg = from_dict({"model": {"vocab_size": 128, "use_volume": volume},
+                     "data": {"universe": str(folder / "universe.csv"), "provider": f"files:{csv}",
+                              "data_dir": str(folder / "cache")}})
+    prepare_dataset(cfg).tokenizer.save(folder / "tokenizer.json")
+    return (folder / "tokenizer.json").read_bytes()
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), volume=st.booleans())
+def test_changing_val_and_test_candles_leaves_the_fitted_tokenizer_byte_identical(tmp_path_factory, seed, volume):
     rng = np.random.default_rng(seed)
-    frame = pd.concat([make_asset(rng, 400, f"S{i}", vol=0.01 * (i + 1)) for i in range(3)], ignore_index=True)
-    cutoff = frame["date"].iloc[cut]
-    later = frame["date"] > cutoff
+    frame = pd.concat([make_asset(rng, int(rng.integers(150, 400)), f"S{i}", vol=0.01 * (i + 1)) for i in range(3)],
+                      ignore_index=True)
+    split = time_split(frame)
+    later = frame["date"] > split.train_end
     perturbed = frame.copy()
     cols = ["open", "high", "low", "close"]
     perturbed.loc[later, cols] = perturbed.loc[later, cols].to_numpy() * rng.lognormal(0, 0.5, (int(later.sum()), 1))
-    perturbed.loc[later, "volume"] = rng.lognormal(8, 3, int(later.sum()))
-    d = tmp_path_factory.mktemp("leak")
-    CandleTokenizer(128, use_volume=volume).fit(frame[frame["date"] <= cutoff]).save(d / "a.json")
-    CandleTokenizer(128, use_volume=volume).fit(perturbed[perturbed["date"] <= cutoff]).save(d / "b.json")
-    CandleTokenizer(128, use_volume=volume).fit(frame[frame["date"] <= cutoff]).save(d / "c.json")
-    assert (d / "a.json").read_bytes() == (d / "b.json").read_bytes() == (d / "c.json").read_bytes()
+    perturbed.loc[later, "volume"] = np.round(rng.lognormal(8, 3, int(later.sum())))
+    original = fitted_through_the_pipeline(frame, tmp_path_factory.mktemp("original"), volume)
+    assert fitted_through_the_pipeline(perturbed, tmp_path_factory.mktemp("perturbed"), volume) == original
+    earlier = perturbed.copy()           # the same change one day inside the training period changes the bins
+    last_train_row = frame.index[~later][-1]
+    earlier.loc[last_train_row, cols] = frame.loc[last_train_row, cols].to_numpy() * 3.0
+    assert fitted_through_the_pipeline(earlier, tmp_path_factory.mktemp("earlier"), volume) != original
 
 
 @HYP

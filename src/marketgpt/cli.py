@@ -57,15 +57,15 @@ def _universe_candles(args):
 
 def cmd_tokenizer_fit(args) -> int:
     from .data import time_split
-    from .tokenizer import CandleTokenizer, format_inspection, inspect_tokenizer
+    from .dataset import fit_tokenizer
+    from .tokenizer import format_inspection, inspect_tokenizer
 
     candles = _universe_candles(args)
     split = time_split(candles, args.train_ratio, args.val_ratio)
-    train = candles[split.assign(candles.date) == 0]
-    tokenizer = CandleTokenizer(args.vocab_size, use_volume=args.volume).fit(train)
+    tokenizer = fit_tokenizer(candles, split, args.vocab_size, args.volume)
     out = args.output or f"tokenizer_{args.universe.lower()}_{args.vocab_size}.json"
     tokenizer.save(out)
-    print(f"fitted on {len(train):,} training candles up to {split.train_end:%Y-%m-%d}; wrote {out}")
+    print(f"fitted on {split.counts['train']:,} training candles up to {split.train_end:%Y-%m-%d}; wrote {out}")
     print(format_inspection(inspect_tokenizer(tokenizer, candles)))
     return 0
 

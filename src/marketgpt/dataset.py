@@ -140,12 +140,16 @@ def load_split_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame, TimeSplit]
     return universe, candles, time_split(candles, data_cfg.train_ratio, data_cfg.val_ratio)
 
 
+def fit_tokenizer(candles: pd.DataFrame, split: TimeSplit, vocab_size: int, use_volume: bool) -> CandleTokenizer:
+    """Fit on the training period only, so that nothing of the val and test candles reaches the bins."""
+    return CandleTokenizer(vocab_size, use_volume).fit(candles[split.assign(candles.date) == 0])
+
+
 def prepare_dataset(cfg, tokenizer: CandleTokenizer | None = None) -> Prepared:
     """Load candles, split them in time, fit the tokenizer on the training period only, and encode everything."""
     universe, candles, split = load_split_candles(cfg.data)
     if tokenizer is None:
-        train = candles[split.assign(candles.date) == 0]
-        tokenizer = CandleTokenizer(cfg.model.vocab_size, cfg.model.use_volume).fit(train)
+        tokenizer = fit_tokenizer(candles, split, cfg.model.vocab_size, cfg.model.use_volume)
     elif tokenizer.vocab_size != cfg.model.vocab_size:
         raise MarketGPTError(f"tokenizer vocab_size {tokenizer.vocab_size} != model.vocab_size {cfg.model.vocab_size}")
     return Prepared(universe, split, tokenizer, build_store(candles, universe, tokenizer, split))
