@@ -3,8 +3,9 @@ single-node SLURM (.ci/slurm-setup.sh), a CPU job to completion, a job signalled
 requeues and ends with the same weights as an uninterrupted run, and `launch --yes` of two cases seen by `status`.
 
 The SLURM tests skip when there is no SLURM here. As root they run .ci/slurm-setup.sh first when `CI` is set or
-slurm is already installed (it is quick when the cluster is up); without root, set MARKETGPT_TEST_SLURM=1 to use
-the SLURM that `sinfo` reaches (jobs go to its default partition and must be able to read this machine's /tmp).
+slurm is already installed (it is quick when the cluster is up); with `CI` set (.ci/run sets it) a failed setup
+fails them. Without root, set MARKETGPT_TEST_SLURM=1 to use the SLURM that `sinfo` reaches (jobs go to its
+default partition and must be able to read this machine's /tmp).
 """
 
 import json

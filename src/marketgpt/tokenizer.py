@@ -311,7 +311,7 @@ class CandleTokenizer:
     beyond that (and beyond the training range) share an outer bin.
 
     **Beyond the shared API:** ``encode_frame`` (all assets of a long frame at once, the fast path:
-    3.6M candles fit + encode in ~1.5 s on 2 cores, see bench/tokenizer.py) and ``bin_counts``
+    3.6M candles fit + encode in 1.2-2.7 s on 2 cores, see bench/tokenizer.py) and ``bin_counts``
     (training candles per bin, the training unigram). Encoding is vectorised per channel (channels
     in threads on large inputs; a table-driven bucketizer equal to ``np.searchsorted``).
 
