@@ -13,6 +13,10 @@ Lloyd iteration cost O(candles x clusters); assumes the iteration count does not
 candles x 4 channels; the ratio printed is that extrapolation over our measured fit + encode. The
 scaling exponent measured between the three sizes is printed next to it.
 
+Same-subsample ratio, both measured: the first `--same-sample-assets` assets (2 x 6,000 = 12,000 candles):
+our fit + encode_frame on them (best of 3) against k-means (1024 clusters, n_init=10) fitted and applied
+(`predict`) on each of the 4 channels of the same candles, as the original did per channel.
+
 Writes bench/results/tokenizer.json. Run: `python bench/tokenizer.py [--kmeans-sample 50000]`.
 """
 
@@ -103,10 +107,27 @@ def best_of(fn, repeats: int = 3) -> tuple[float, object]:
     return best, out
 
 
+def same_subsample(frame: pd.DataFrame, vocab: int, assets: int) -> tuple[float, float, int]:
+    """Ours (fit + encode_frame, best of 3) and k-means per channel (fit + predict), timed on the same candles."""
+    from sklearn.cluster import KMeans
+
+    part = frame[frame["symbol"].isin(frame["symbol"].unique()[:assets])]
+    tok = CandleTokenizer(vocab)
+    ours_s, _ = best_of(lambda: tok.fit(part).encode_frame(part))
+    feats = np.concatenate([tok.features(rows) for _, rows in part.groupby("symbol")])
+    t = time.perf_counter()
+    for k in range(feats.shape[1]):
+        column = feats[:, k:k + 1]
+        KMeans(n_clusters=vocab, n_init=10, random_state=0).fit(column).predict(column)
+    return ours_s, time.perf_counter() - t, len(part)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kmeans-sample", type=int, default=50_000, help="candles of one channel for the k-means run")
     ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--same-sample-assets", type=int, default=2,
+                    help="assets (6,000 candles each) of the subsample both are measured on")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -139,6 +160,10 @@ def main() -> None:
         km_iters.append(int(km.n_iter_))
         print(f"k-means (sklearn, {args.vocab} clusters, n_init=10) on {size:,} close returns: "
               f"{km_times[-1]:.1f} s measured ({km_iters[-1]} Lloyd iterations in the best run)", flush=True)
+    same_s, same_km_s, same_n = same_subsample(frame, args.vocab, args.same_sample_assets)
+    same_ratio = same_km_s / same_s
+    print(f"same {same_n:,} candles: ours fit + encode {same_s * 1e3:.1f} ms, k-means on 4 channels {same_km_s:.1f} s "
+          f"-> {same_ratio:,.0f}x", flush=True)
     km_s = km_times[-1]
     exponent = float(np.log(km_times[-1] / km_times[0]) / np.log(sizes[-1] / sizes[0]))
     km_full_channel = km_s * (len(tokens) / sizes[-1])
@@ -157,6 +182,9 @@ def main() -> None:
         ("k-means, 3.6M candles x 4 channels", f"{km_full:,.0f} s", "extrapolated"),
         (f"  same with the measured exponent {exponent:.2f}", f"{km_full_power:,.0f} s", "extrapolated"),
         ("k-means / ours", f"{ratio:,.0f}x", "extrapolated (linear) / measured"),
+        (f"ours, the same {same_n:,} candles", f"{same_s:.3f} s", "measured"),
+        (f"k-means, the same {same_n:,} candles x 4 channels", f"{same_km_s:.1f} s", "measured"),
+        ("k-means / ours on the same candles", f"{same_ratio:,.0f}x", "measured / measured"),
     ]
     w = max(len(r[0]) for r in rows_out)
     print()
@@ -177,6 +205,9 @@ def main() -> None:
                    "extrapolation": "linear in candles (per-iteration cost O(candles x clusters); "
                                     "assumes the same iteration count on the full data)"},
         "ratio_kmeans_over_ours": ratio,
+        "same_subsample": {"candles": same_n, "assets": args.same_sample_assets, "ours_s": same_s,
+                           "kmeans_four_channels_s": same_km_s, "ratio": same_ratio,
+                           "kmeans": "fit + predict per channel (close, open, upper, lower), n_init=10"},
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count(), "numpy": np.__version__, "pandas": pd.__version__,
                     "loadavg_1min_at_end": os.getloadavg()[0]},
