@@ -352,14 +352,11 @@ def submit(script: Path) -> str:
 def check_data(cfg, source: str = "config") -> str:
     """Whether a config's candles are there: network providers (yfinance, ccxt) must have been downloaded;
     the sample and files providers fill the cache themselves on first use."""
-    from .data import CandleCache, get_provider, load_universe
+    from .data import CandleCache, download_command, get_provider, load_universe
 
     d = cfg.data
     provider = get_provider(d.provider)
-    try:
-        universe = load_universe(d.universe)
-    except FileNotFoundError as exc:
-        raise MarketGPTError(f"{source}: universe '{d.universe}' not found ({exc.filename})") from None
+    universe = load_universe(d.universe)
     if provider.offline:
         return f"{len(universe)} assets from provider {d.provider} (cached on first use)"
     cache = CandleCache(d.data_dir or None, d.provider)
@@ -367,8 +364,7 @@ def check_data(cfg, source: str = "config") -> str:
     if missing:
         raise MarketGPTError(
             f"{source}: no cached data for {len(missing)} of {len(universe)} assets of universe '{d.universe}' under "
-            f"{cache.root} (first: {missing[0]}); run `marketgpt data download --universe {d.universe} "
-            f"--provider {d.provider}{' --data-dir ' + d.data_dir if d.data_dir else ''}` first")
+            f"{cache.root} (first: {missing[0]}); run `{download_command(d.universe, d.provider, d.data_dir)}` first")
     return f"{len(universe)} assets cached under {cache.root}"
 
 

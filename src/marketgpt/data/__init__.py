@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pandas as pd
 
 from ..errors import MarketGPTError
@@ -31,15 +33,23 @@ def load_candles(universe: pd.DataFrame, provider: str, data_dir=None, fetch_off
         if report.failed:
             raise MarketGPTError(next(iter(report.failed.values())))
     elif missing:
+        command = download_command(universe.attrs.get("universe", "UNIVERSE.csv"), provider, data_dir)
         raise MarketGPTError(
-            f"{len(missing)} asset(s) not cached under {cache.root} (first: {missing[0]}); "
-            f"run `marketgpt data download --universe ... --provider {provider}` first")
+            f"{len(missing)} asset(s) not cached under {cache.root} (first: {missing[0]}); run `{command}` first")
     frames = [cache.read(s).assign(symbol=s) for s in universe.symbol]
     return pd.concat(frames, ignore_index=True)[LONG_COLUMNS]
 
 
+def download_command(universe: str, provider: str, data_dir=None) -> str:
+    """The `marketgpt data download` command line that fills the cache for this universe, provider and folder."""
+    words = ["marketgpt", "data", "download", "--universe", universe, "--provider", provider]
+    if data_dir:
+        words += ["--data-dir", str(data_dir)]
+    return shlex.join(words)
+
+
 __all__ = [
     "CASES", "LONG_COLUMNS", "PROVIDERS", "SPLITS", "CandleCache", "DownloadReport", "MarketGPTError", "Provenance",
-    "TimeSplit", "default_data_dir", "download_universe", "format_info", "get_provider", "load_candles",
-    "load_universe", "time_split", "universe_info", "validate_candles",
+    "TimeSplit", "default_data_dir", "download_command", "download_universe", "format_info", "get_provider",
+    "load_candles", "load_universe", "time_split", "universe_info", "validate_candles",
 ]

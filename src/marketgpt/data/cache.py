@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import MarketGPTError
+from .providers import describe_error
+from .validate import COLUMNS
 
 META_KEY = b"marketgpt"
 
@@ -55,18 +57,35 @@ class CandleCache:
         return path
 
     def provenance(self, symbol: str) -> Provenance | None:
-        if not self.exists(symbol):
+        path = self.path(symbol)
+        if not path.exists():
             return None
-        meta = pq.read_schema(self.path(symbol)).metadata or {}
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except (OSError, pa.ArrowException) as exc:
+            raise unreadable(path, exc) from None
         if META_KEY not in meta:
-            raise MarketGPTError(f"{self.path(symbol)}: not a marketgpt cache file (no provenance)")
-        return Provenance(**json.loads(meta[META_KEY]))
+            raise unreadable(path, "no marketgpt provenance in its metadata")
+        try:
+            return Provenance(**json.loads(meta[META_KEY]))
+        except (ValueError, TypeError) as exc:
+            raise unreadable(path, exc) from None
 
     def read(self, symbol: str) -> pd.DataFrame:
         path = self.path(symbol)
         try:
-            return pd.read_parquet(path)
+            frame = pd.read_parquet(path)
         except FileNotFoundError:
             raise MarketGPTError(f"asset {symbol}: not cached at {path}") from None
         except (OSError, pa.ArrowException) as exc:
-            raise MarketGPTError(f"{path}: unreadable cache file ({exc}); delete it and download again") from None
+            raise unreadable(path, exc) from None
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise unreadable(path, f"no column(s) {', '.join(missing)}")
+        return frame
+
+
+def unreadable(path: Path, problem: Exception | str) -> MarketGPTError:
+    """A cache file that cannot be used is only a stale copy: deleting it and downloading again repairs it."""
+    reason = describe_error(problem) if isinstance(problem, Exception) else problem
+    return MarketGPTError(f"{path}: unreadable cache file ({reason}); delete it and download again")

@@ -10,10 +10,11 @@ import pandas as pd
 from ..errors import MarketGPTError
 from ..progress import progress
 from .cache import CandleCache, Provenance
-from .providers import Provider
+from .providers import NoCandles, Provider
 from .validate import validate_candles
 
 DAY = pd.Timedelta(days=1)
+DATE_FORMAT = "%Y-%m-%d"
 
 
 @dataclass
@@ -24,6 +25,19 @@ class DownloadReport:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def check_dates(start: str, end: str) -> tuple[str, str]:
+    """The --start/--end dates as zero-padded YYYY-MM-DD (the cache compares them as strings), start <= end."""
+    dates = []
+    for option, value in (("--start", start), ("--end", end)):
+        try:
+            dates.append(datetime.strptime(value, DATE_FORMAT).strftime(DATE_FORMAT) if value else "")
+        except ValueError:
+            raise MarketGPTError(f"{option} '{value}' is not a date; expected YYYY-MM-DD") from None
+    if all(dates) and dates[0] > dates[1]:
+        raise MarketGPTError(f"--start {dates[0]} is after --end {dates[1]}")
+    return dates[0], dates[1]
+
+
 def _missing_ranges(prov: Provenance | None, cached: pd.DataFrame | None, start: str, end: str) -> list[tuple[str, str]]:
     """Date ranges to fetch: before what was requested earlier, and after the last cached candle."""
     if prov is None or cached is None or cached.empty:
@@ -31,8 +45,8 @@ def _missing_ranges(prov: Provenance | None, cached: pd.DataFrame | None, start:
     ranges = []
     if start and (not prov.requested_start or start < prov.requested_start):
         first = cached.date.min() - DAY
-        ranges.append((start, first.strftime("%Y-%m-%d")))
-    after = (cached.date.max() + DAY).strftime("%Y-%m-%d")
+        ranges.append((start, first.strftime(DATE_FORMAT)))
+    after = (cached.date.max() + DAY).strftime(DATE_FORMAT)
     if not end or after <= end:
         ranges.append((after, end))
     return ranges
@@ -51,7 +65,7 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
     for lo, hi in ranges:
         try:
             fetched = provider.fetch(asset, lo or None, hi or None)
-        except MarketGPTError:
+        except NoCandles:
             if cached is not None:
                 continue   # nothing new in this range
             raise
@@ -78,6 +92,8 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
 def download_universe(universe: pd.DataFrame, provider: Provider, cache: CandleCache, start: str = "",
                       end: str = "", policy: str = "fail") -> DownloadReport:
     """Update every asset; one asset's failure is reported and does not stop the others."""
+    start, end = check_dates(start, end)
+    provider.prepare()
     report = DownloadReport()
     for asset in progress(list(universe.itertuples(index=False)), desc=f"download ({provider.name})"):
         asset = pd.Series(asset._asdict())

@@ -5,6 +5,7 @@ Validation and caching happen downstream; a provider only fetches and names its 
 
 from __future__ import annotations
 
+import importlib
 import time
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,25 @@ from ..errors import MarketGPTError
 from .validate import normalize_columns
 
 DAY_MS = 86_400_000
+INSTALL = "pip install 'marketgpt[providers]'"
+
+
+class NoCandles(MarketGPTError):
+    """The provider has no candles in the range: for a cached asset that means nothing new, not a failure."""
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """`Class: message` on one line and shortened: an exchange error can carry a whole HTML page."""
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def optional_import(package: str, provider: str):
+    """Import a provider's optional package, or say which one is missing and how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ModuleNotFoundError as exc:
+        raise MarketGPTError(f"{provider} provider: package '{exc.name}' is not installed; {INSTALL}") from None
 
 
 @dataclass
@@ -31,6 +51,9 @@ class Fetched:
 class Provider:
     name = "provider"
     offline = False
+
+    def prepare(self) -> None:
+        """Fail once, before the first asset, when the provider cannot run at all (missing package)."""
 
     def fetch(self, asset: pd.Series, start: str | None, end: str | None) -> Fetched:
         raise NotImplementedError
@@ -126,7 +149,7 @@ def read_candle_file(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise MarketGPTError(f"{path}: the file is empty") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as exc:
-        raise MarketGPTError(f"{path}: unreadable file ({exc.__class__.__name__}: {exc})") from None
+        raise MarketGPTError(f"{path}: unreadable file ({describe_error(exc)})") from None
     frame.index += 2
     return frame[(frame != "").any(axis=1)]
 
@@ -142,19 +165,19 @@ class YFinanceProvider(Provider):
     def provider_symbol(self, asset):
         return asset.yfinance or asset.symbol
 
+    def prepare(self):
+        if self._download is None:
+            self._download = optional_import("yfinance", self.name).download
+
     def fetch(self, asset, start, end):
         ticker = self.provider_symbol(asset)
-        download = self._download
-        if download is None:
-            import yfinance
-
-            download = yfinance.download
+        self.prepare()
         end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d") if end else None
-        raw = download(ticker, start=start or "1990-01-01", end=end_exclusive, interval="1d",
-                       auto_adjust=False, actions=False, progress=False)
+        raw = self._download(ticker, start=start or "1990-01-01", end=end_exclusive, interval="1d",
+                             auto_adjust=False, actions=False, progress=False)
         if raw is None or len(raw) == 0:
-            raise MarketGPTError(f"yfinance: no data for {asset.symbol} (ticker {ticker}) between {start or 'the start'} "
-                                 f"and {end or 'today'}: unknown ticker, delisted, or no candles in that range")
+            raise NoCandles(f"yfinance: no data for {asset.symbol} (ticker {ticker}) between {start or 'the start'} "
+                            f"and {end or 'today'}: unknown ticker, delisted, or no candles in that range")
         if isinstance(raw.columns, pd.MultiIndex):
             level = 0 if "Close" in raw.columns.get_level_values(0) else 1
             raw = raw.copy()
@@ -181,12 +204,16 @@ class CCXTProvider(Provider):
         self.max_retries = max_retries
         self.now = now
 
+    def prepare(self):
+        if self._exchange is None:
+            ccxt = optional_import("ccxt", self.name)
+            if self.exchange_id not in ccxt.exchanges:
+                raise MarketGPTError(f"ccxt: unknown exchange '{self.exchange_id}' (e.g. binance, kraken, coinbase)")
+            self._exchange = getattr(ccxt, self.exchange_id)({"enableRateLimit": False})
+
     @property
     def exchange(self):
-        if self._exchange is None:
-            import ccxt
-
-            self._exchange = getattr(ccxt, self.exchange_id)({"enableRateLimit": False})
+        self.prepare()
         return self._exchange
 
     def provider_symbol(self, asset):
@@ -195,19 +222,22 @@ class CCXTProvider(Provider):
         return asset.ccxt
 
     def _page(self, market: str, since: int) -> list:
-        import ccxt
-
+        """One page of klines; network errors (rate limits included) are retried with a doubling pause."""
+        ccxt = optional_import("ccxt", self.name)
         pause = self.exchange.rateLimit / 1000
         for attempt in range(self.max_retries + 1):
             try:
                 return self.exchange.fetch_ohlcv(market, "1d", since=since, limit=self.limit)
-            except (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.NetworkError):
+            except ccxt.NetworkError as exc:
                 if attempt == self.max_retries:
-                    raise
+                    raise MarketGPTError(f"ccxt {self.exchange_id} ({market}): {describe_error(exc)} "
+                                         f"(after {self.max_retries} retries)") from None
                 pause *= 2
                 self.sleep(pause)
             except ccxt.BadSymbol:
                 raise MarketGPTError(f"ccxt {self.exchange_id}: unknown market '{market}'") from None
+            except ccxt.BaseError as exc:
+                raise MarketGPTError(f"ccxt {self.exchange_id} ({market}): {describe_error(exc)}") from None
         return []
 
     def fetch(self, asset, start, end):
@@ -225,7 +255,7 @@ class CCXTProvider(Provider):
         finished = int(self.now() * 1000) - DAY_MS
         rows = [row for row in rows if row[0] <= finished]
         if not rows:
-            raise MarketGPTError(f"ccxt {self.exchange_id}: no candles for {asset.symbol} ({market}) from {start or '2010-01-01'}")
+            raise NoCandles(f"ccxt {self.exchange_id}: no candles for {asset.symbol} ({market}) from {start or '2010-01-01'}")
         frame = pd.DataFrame(rows, columns=["timestamp", "open", "high", "low", "close", "volume"])
         frame.insert(0, "date", pd.to_datetime(frame.pop("timestamp"), unit="ms").dt.strftime("%Y-%m-%d"))
         return Fetched(_between(frame, start, end), f"ccxt:{self.exchange_id}:{market}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import MarketGPTError
+from .providers import describe_error
 
 CASES = ("sample", "a", "b", "c")
 CATEGORIES = ("us_stocks", "eu_stocks", "emerging", "commodities", "crypto", "indices", "fx")
@@ -28,12 +29,17 @@ def universe_path(case_or_path: str) -> Path:
 
 
 def load_universe(case_or_path: str) -> pd.DataFrame:
-    """Read and check a universe CSV: one row per asset with at least `symbol` and `category`."""
+    """Read and check a universe CSV: one row per asset with at least `symbol` and `category`.
+
+    `attrs["universe"]` keeps the name it was loaded by, so messages can print the command to run.
+    """
     path = universe_path(case_or_path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise MarketGPTError(f"{path}: unreadable universe CSV ({exc})") from None
+    except pd.errors.EmptyDataError:
+        raise MarketGPTError(f"{path}: the universe file is empty; expected a header symbol,category") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise MarketGPTError(f"{path}: unreadable universe CSV ({describe_error(exc)})") from None
     frame.columns = [c.strip().lower() for c in frame.columns]
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
@@ -55,4 +61,6 @@ def load_universe(case_or_path: str) -> pd.DataFrame:
     if frame.empty:
         raise MarketGPTError(f"{path}: the universe has no assets")
     frame.loc[frame.yfinance == "", "yfinance"] = frame.symbol
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    frame.attrs["universe"] = case_or_path
+    return frame
