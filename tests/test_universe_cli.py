@@ -1,5 +1,6 @@
 """Universes of the cases, user universes, and the CLI's one-line errors."""
 
+import re
 import subprocess
 import sys
 
@@ -53,7 +54,9 @@ def test_cli_data_info_lists_case_a_offline(tmp_path, capsys):
     assert main(["data", "info", "--case", "a", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "total: 600 assets, 0 cached" in out
-    assert " us_stocks     300" in out.replace("  ", " ") or "us_stocks" in out
+    per_category = dict(re.findall(r"^\s*(\w+)\s+(\d+)\s+0\s+0\s+0\s+0$", out.split("category")[-1], re.M))
+    assert per_category == {"us_stocks": "300", "eu_stocks": "150", "emerging": "50", "commodities": "30",
+                            "crypto": "70"}
 
 
 def test_cli_sample_download_then_info(tmp_path, capsys):
