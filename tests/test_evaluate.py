@@ -1,5 +1,5 @@
-"""Evaluation: baselines (GARCH-t, random walk, unigram, persistence), the model's close-return density, and a tiny
-run end to end (results JSON, plots, report numbers equal to the JSON, CLI errors, compare)."""
+"""Evaluation: baselines (GARCH-t, random walk, unigram, persistence), the model's close-return density, and the
+sample run of `make demo` end to end (results JSON, plots, report numbers equal to the JSON, CLI errors, compare)."""
 
 import json
 import math
@@ -210,18 +210,6 @@ def test_persistence_baseline():
 
 
 # --- end to end --------------------------------------------------------------------------------------
-def tiny_config(tmp_path):
-    raw = json.loads((ROOT / "configs" / "sample.json").read_text())
-    raw["name"] = "tiny"
-    raw["model"].update(vocab_size=32, context_length=32, d_model=32, num_layers=2, num_heads=2, d_ff=64)
-    raw["training"].update(batch_size=8, epochs=3, max_steps_per_epoch=6, checkpoint_every=3, keep_checkpoints=1,
-                           checkpoint_dir=str(tmp_path / "checkpoints"))
-    raw["data"]["data_dir"] = str(tmp_path / "data")
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(raw))
-    return path
-
-
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "marketgpt.cli", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -229,13 +217,12 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The run of `make demo`: configs/sample.json trained, and evaluated on test at the end of training."""
     tmp = tmp_path_factory.mktemp("evalrun")
-    result = run_cli("train", tiny_config(tmp))
+    result = run_cli("train", ROOT / "configs" / "sample.json", "--set", f"training.checkpoint_dir={tmp / 'checkpoints'}",
+                     "--set", f"data.data_dir={tmp / 'data'}")
     assert result.returncode == 0, result.stderr
-    run_dir = Path(re.search(r"Run directory: (\S+)", result.stdout).group(1))
-    result = run_cli("evaluate", run_dir)
-    assert result.returncode == 0, result.stderr
-    return run_dir, result.stdout
+    return Path(re.search(r"Run directory: (\S+)", result.stdout).group(1)), result.stdout
 
 
 def is_png(path: Path) -> bool:
@@ -308,6 +295,14 @@ def test_run_evaluation_writes_results_plots_and_report(run):
     assert E.headline(results) in stdout and "report: " in stdout
 
 
+def test_the_sample_run_beats_the_training_unigram_on_val_and_test(run):
+    run_dir, stdout = run
+    unigram_val = float(re.search(r"Unigram baseline val loss: (\d+\.\d+)", stdout).group(1))
+    assert json.loads((run_dir / "training_log.json").read_text())["best_val_loss"] < unigram_val
+    results = json.loads((run_dir / "test_results.json").read_text())
+    assert results["test_loss"] < np.mean([c["unigram"]["nll"] for c in results["channels"].values()])
+
+
 def test_report_numbers_equal_the_json(run):
     run_dir, _ = run
     results = json.loads((run_dir / "test_results.json").read_text())
@@ -354,7 +349,7 @@ def test_val_evaluation_matches_the_training_log(run):
     assert results["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)
     assert (run_dir / "val_results.json").exists() and (run_dir / "val_report.md").exists()
     table = E.compare_runs([run_dir, run_dir], log=lambda *a: None)
-    assert len(table) == 2 and table["name"].tolist() == ["tiny", "tiny"]
+    assert len(table) == 2 and table["name"].tolist() == ["sample", "sample"]
     assert table["loss"].iloc[0] == json.loads((run_dir / "test_results.json").read_text())["test_loss"]
     assert "NLL skill vs GARCH-t" in E.format_compare(table)
 
