@@ -39,6 +39,7 @@ def write(tmp_path, raw):
     ({"trainig": {}}, "unknown key 'trainig'; did you mean 'training'?"),
     ({"training": {"batch_size": "16"}}, "training.batch_size: expected int, got '16'"),
     ({"training": {"epochs": 0}}, "training.epochs must be positive"),
+    ({"training": {"last_every_steps": -1}}, "training.last_every_steps must be 0 (off) or positive"),
     ({"model": {"d_model": 100, "num_heads": 3}}, "must be divisible"),
     ({"data": {"train_ratio": 0.9}}, "sum to 1"),
     ({"data": {"on_bad_rows": "skip"}}, "must be 'fail' or 'drop'"),

@@ -39,6 +39,7 @@ class TrainingConfig:
     seed: int = 1337
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
+    last_every_steps: int = 0      # also save last.pt every N steps inside an epoch (0: at epoch ends and on stop)
     checkpoint_dir: str = "checkpoints"
     max_steps_per_epoch: int = 0
     gradient_checkpointing: bool = False
@@ -139,6 +140,8 @@ def _check(cfg: Config, source: str) -> None:
     ratios = (d.train_ratio, d.val_ratio, d.test_ratio)
     if min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
         raise MarketGPTError(f"{source}: data.train_ratio + val_ratio + test_ratio must be positive and sum to 1, got {ratios}")
+    if t.last_every_steps < 0:
+        raise MarketGPTError(f"{source}: training.last_every_steps must be 0 (off) or positive, got {t.last_every_steps}")
     if d.on_bad_rows not in ("fail", "drop"):
         raise MarketGPTError(f"{source}: data.on_bad_rows must be 'fail' or 'drop', got '{d.on_bad_rows}'")
 

@@ -279,10 +279,13 @@ class Trainer:
                     if step % 10 == 0:   # reading the loss waits for the device
                         loss_sum, count = stats[:2].tolist()
                         bar.set_postfix(loss=f"{loss_sum / max(count, 1) / C:.3f}")
-                if self.should_stop():
+                stop = self.should_stop()
+                every = cfg.training.last_every_steps
+                if stop or (every and s.global_step % every == 0):
                     s.accum = accum.tolist()
                     s.elapsed = time.time() - started
                     self.save("last.pt")
+                if stop:
                     self.log(f"Stop requested: saved {self.run_dir / 'last.pt'} at epoch {epoch} step {s.step}; "
                              f"resume with --resume {self.run_dir}")
                     return REQUEUE_EXIT_CODE
