@@ -5,7 +5,7 @@ import gzip
 import pandas as pd
 import pytest
 
-from marketgpt.data import CandleCache, download_universe, validate_candles
+from marketgpt.data import CandleCache, download_universe, load_candles, load_universe, validate_candles
 from marketgpt.data.providers import FilesProvider
 from marketgpt.errors import MarketGPTError
 
@@ -152,3 +152,20 @@ def test_fail_policy_keeps_other_assets(tmp_path):
     assert list(report.updated) == ["AAA"] and "BAD" in report.failed
     assert "line 3" in report.failed["BAD"] and "high_below_low" in report.failed["BAD"]
     assert not cache.exists("BAD")
+
+
+def test_two_csv_folders_and_two_exchanges_never_share_a_cache_file(tmp_path):
+    universe_csv = tmp_path / "u.csv"
+    universe_csv.write_text("symbol,category\nXYZ,us_stocks\n")
+    universe = load_universe(str(universe_csv))
+    for name, close in (("a", 11), ("b", 99)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "XYZ.csv").write_text("date,open,high,low,close,volume\n" + "".join(
+            f"2020-01-0{d},{close},{close + 1},{close - 1},{close},100\n" for d in range(1, 4 if name == "a" else 6)))
+    a = load_candles(universe, f"files:{tmp_path / 'a'}", tmp_path / "cache")
+    b = load_candles(universe, f"files:{tmp_path / 'b'}", tmp_path / "cache")
+    assert a.close.tolist() == [11.0] * 3 and b.close.tolist() == [99.0] * 5
+    assert CandleCache(tmp_path, "files:a").root != CandleCache(tmp_path, "files:b").root
+    assert CandleCache(tmp_path, "ccxt").root == CandleCache(tmp_path, "ccxt:binance").root
+    assert CandleCache(tmp_path, "ccxt:binance").root != CandleCache(tmp_path, "ccxt:kraken").root

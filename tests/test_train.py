@@ -189,3 +189,29 @@ def test_resuming_a_run_with_a_corrupt_config_fails_in_one_line(tmp_path):
     run.mkdir()
     (run / "config.json").write_text('{"model": {"vocab_size": 64,')
     assert_one_error_line(run_cli("train", "--resume", run), str(run / "config.json"), "invalid JSON at line 1")
+
+
+def test_sigterm_saves_and_stops_status_says_so_and_resume_finishes(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=30)
+    proc = subprocess.Popen([sys.executable, "-m", "marketgpt.cli", "train", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Epoch 1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait() == 3, proc.stderr.read()
+    run = run_dir_of(out)
+    assert "Stop requested: saved" in out and (run / "last.pt").exists()
+    log = json.loads((run / "training_log.json").read_text())
+    assert log["stopped"] and not log["finished"]
+    status = run_cli("status", run)
+    assert f"stopped (resume: marketgpt train --resume {run})" in status.stdout, status.stdout
+    assert_one_error_line(run_cli("train", "--resume", run, "--set", "training.epochs=3"), "not used")
+    resumed = run_cli("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    log = json.loads((run / "training_log.json").read_text())
+    assert log["finished"] and not log["stopped"]
+    assert "finished" in run_cli("status", run).stdout

@@ -113,6 +113,9 @@ def cmd_train(args) -> int:
 
     if args.config is None and args.resume is None:
         raise MarketGPTError("train: give a CONFIG file, or --resume RUN_DIR")
+    if args.resume is not None and (args.set or args.config):
+        raise MarketGPTError("train --resume continues with the run's own config.json; CONFIG and --set are not used "
+                             "with it")
     cfg = None
     if args.resume is None:
         overrides = list(args.set)

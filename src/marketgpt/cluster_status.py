@@ -116,7 +116,7 @@ def run_status(run_dir: str | Path, query_slurm: bool = True) -> dict:
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
         "train_accuracy": last.get("train_accuracy"), "val_accuracy": last.get("val_accuracy"),
         "best_val_loss": log.get("best_val_loss"), "best_epoch": log.get("best_epoch"),
-        "elapsed_seconds": elapsed, "eta_seconds": eta, "finished": finished,
+        "elapsed_seconds": elapsed, "eta_seconds": eta, "finished": finished, "stopped": bool(log.get("stopped")),
         "world_size": log.get("world_size", config.get("run", {}).get("world_size")),
         "slurm_job_id": str(job) if job else None,
         "slurm_state": slurm_state(job) if query_slurm else None,
@@ -149,7 +149,12 @@ def format_status(statuses: list[dict]) -> str:
             job = f"job {s['slurm_job_id']} {s['slurm_state'] or ''}".rstrip()
         else:
             job = "no SLURM job"
-        progress = "finished" if s["finished"] else ("starting" if not s["epoch"] else "training")
+        if s["finished"]:
+            progress = "finished"
+        elif s["stopped"]:   # a SLURM job requeues itself; a run without one is resumed by hand
+            progress = "stopped" if s["slurm_job_id"] else f"stopped (resume: marketgpt train --resume {s['run_dir']})"
+        else:
+            progress = "starting" if not s["epoch"] else "training"
         world = f"  {s['world_size']} processes" if (s["world_size"] or 1) > 1 else ""
         head = f"{s['run_dir']}  case {s['case']}  {job}  {progress}{world}"
         epoch = f"epoch {s['epoch']}/{s['total_epochs']}"

@@ -106,6 +106,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.training.epochs
         self.state = TrainState()
         self.stop_requested = False
+        self.stopped = False   # this process saved last.pt on a stop signal and returned before the end
 
     # --- batches -------------------------------------------------------------------------------
     def batch(self, windows: np.ndarray):
@@ -229,7 +230,7 @@ class Trainer:
                         "best_epoch": s.best_epoch, "total_epochs": self.cfg.training.epochs,
                         "steps_per_epoch": self.steps_per_epoch, "elapsed_seconds": round(s.elapsed, 3),
                         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "world_size": self.d.world_size,
-                        "finished": self.finished}, self.run_dir / "training_log.json")
+                        "finished": self.finished, "stopped": self.stopped}, self.run_dir / "training_log.json")
 
     @property
     def finished(self) -> bool:
@@ -286,7 +287,8 @@ class Trainer:
                     s.elapsed = time.time() - started
                     self.save("last.pt")
                 if stop:
-                    self.log(f"Stop requested: saved {self.run_dir / 'last.pt'} at epoch {epoch} step {s.step}; "
+                    self.stopped = True
+                    self.log(f"Stop requested: saved {self.run_dir / 'last.pt'} in epoch {epoch} after step {s.step}; "
                              f"resume with --resume {self.run_dir}")
                     return REQUEUE_EXIT_CODE
             if bar is not None:
@@ -426,7 +428,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
             if not last.exists():
                 raise MarketGPTError(f"{run_dir}: nothing to resume (no last.pt)")
             trainer.restore(load_checkpoint(last, map_location=d.device))
-            say(f"Resumed {run_dir} at epoch {trainer.state.epoch} step {trainer.state.step}")
+            say(f"Resumed {run_dir} in epoch {trainer.state.epoch + 1} after step {trainer.state.step}")
         m = trainer.model
         say(f"Parameters: {m.num_parameters():,} total, {m.num_parameters(non_embedding=True):,} non-embedding")
         say(f"Run directory: {run_dir}")
@@ -434,6 +436,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
         say(f"Unigram baseline val loss: {unigram:.3f}")
         say(f"Train windows: {len(trainer.train_windows)}, val windows: {len(trainer.val_windows)}, "
             f"steps per epoch: {trainer.steps_per_epoch}, effective batch: {cfg.training.batch_size * d.world_size}")
+        trainer.write_log()   # a resumed run is no longer "stopped"
         previous = [signal.signal(sig, trainer.request_stop) for sig in (signal.SIGUSR1, signal.SIGTERM)]
         try:
             code = trainer.run()

@@ -1,7 +1,8 @@
-"""Parquet cache: one file per asset under `<data_dir>/<provider>/`, with its provenance in the file's metadata."""
+"""Parquet cache: one file per asset under `<data_dir>/<source>/`, with its provenance in the file's metadata."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import MarketGPTError
-from .providers import describe_error
+from .providers import DEFAULT_EXCHANGE, describe_error
 from .validate import COLUMNS
 
 META_KEY = b"marketgpt"
@@ -34,9 +35,21 @@ class Provenance:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
+def cache_folder(provider: str) -> str:
+    """One cache folder per source, so that two CSV folders or two exchanges never mix their candles in one file:
+    `sample`, `yfinance`, `ccxt-<exchange>`, `files-<folder name>-<hash of its absolute path>`."""
+    kind, _, arg = provider.partition(":")
+    if kind == "ccxt":
+        return f"ccxt-{arg or DEFAULT_EXCHANGE}"
+    if kind == "files" and arg:
+        folder = Path(arg).expanduser().resolve()
+        return f"files-{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
+    return kind
+
+
 class CandleCache:
     def __init__(self, data_dir: str | Path | None, provider: str):
-        self.root = default_data_dir(data_dir) / provider.split(":")[0]
+        self.root = default_data_dir(data_dir) / cache_folder(provider)
 
     def path(self, symbol: str) -> Path:
         return self.root / f"{symbol}.parquet"

@@ -18,6 +18,7 @@ from ..errors import MarketGPTError
 from .validate import normalize_columns
 
 DAY_MS = 86_400_000
+DEFAULT_EXCHANGE = "binance"
 INSTALL = "pip install 'marketgpt[providers]'"
 
 
@@ -194,7 +195,7 @@ class CCXTProvider(Provider):
 
     name = "ccxt"
 
-    def __init__(self, exchange_id: str = "binance", exchange=None, limit: int = 1000,
+    def __init__(self, exchange_id: str = DEFAULT_EXCHANGE, exchange=None, limit: int = 1000,
                  sleep: Callable[[float], None] = time.sleep, max_retries: int = 5,
                  now: Callable[[], float] = time.time):
         self.exchange_id = exchange_id
@@ -276,5 +277,5 @@ def get_provider(name: str, root: str | Path | None = None) -> Provider:
     if kind == "yfinance":
         return YFinanceProvider()
     if kind == "ccxt":
-        return CCXTProvider(arg or "binance")
+        return CCXTProvider(arg or DEFAULT_EXCHANGE)
     raise MarketGPTError(f"unknown provider '{name}'; choose one of {', '.join(PROVIDERS)} (files:PATH, ccxt:EXCHANGE)")
