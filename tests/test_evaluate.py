@@ -105,7 +105,7 @@ def test_too_short_training_period_gives_no_garch():
     r = np.random.default_rng(0).normal(0, 0.01, 300)
     split = np.r_[np.zeros(100), np.full(200, 2)].astype(np.int8)
     loc, scale, df, fits = garch_t(r, split, np.zeros(300, dtype=int), 1)
-    assert fits[0] is None and np.isnan(scale).all()
+    assert fits[0] == {"unusable": "100 training returns, fewer than 250"} and np.isnan(scale).all()
 
 
 # --- the model's density of the close return --------------------------------------------------------
@@ -381,3 +381,18 @@ def test_evaluate_module_imports_light():
             "print(sorted(m for m in ('torch', 'matplotlib', 'arch', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_constant_training_returns_give_no_garch_and_say_why():
+    assert fit_garch_t(np.zeros(400)) == {"unusable": "constant training returns"}
+
+
+def test_the_report_names_assets_without_a_garch_baseline_and_why(run, tmp_path):
+    run_dir, _ = run
+    results = json.loads((run_dir / "test_results.json").read_text())
+    assert all(b["garch_t_unusable"] is None for b in results["returns"]["per_asset"].values())
+    assert "without a GARCH-t baseline" not in (run_dir / "report.md").read_text()
+    asset = next(iter(results["returns"]["per_asset"]))
+    results["returns"]["per_asset"][asset]["garch_t_unusable"] = "alpha + beta = 1.0000 >= 1 (not stationary)"
+    text = E.write_report(results, tmp_path).read_text()
+    assert f"- {asset}: alpha + beta = 1.0000 >= 1 (not stationary)" in text

@@ -129,32 +129,37 @@ def garch_backcast(resid: np.ndarray) -> float:
     return float((resid[:tau] ** 2 * (w / w.sum())).sum())
 
 
-def fit_garch_t(train_returns: np.ndarray) -> dict | None:
+def fit_garch_t(train_returns: np.ndarray) -> dict:
     """GARCH(1,1) with standardized Student-t errors, constant mean, on 100 x the training returns
     (`arch_model(100*r, mean="Constant", vol="GARCH", p=1, q=1, dist="t")`). Parameters in percent units:
     mu, omega, alpha, beta, nu, and the backcast (initial variance), computed as arch does from the training
     returns' deviations from their mean, so that the training-period variances equal the fit's.
-    None when the fit fails or gives unusable parameters (nu <= 2, alpha + beta >= 1, non-finite)."""
+    Without a usable fit (too short or constant training period, optimizer failure, nu <= 2, alpha + beta >= 1,
+    non-finite values) the dict holds only `unusable`: the reason, which the report shows for the asset."""
     import warnings
 
     from arch import arch_model
 
     x = 100.0 * np.asarray(train_returns, dtype=np.float64)
-    if len(x) < MIN_TRAIN_GARCH or not x.std() > 0:
-        return None
+    if len(x) < MIN_TRAIN_GARCH:
+        return {"unusable": f"{len(x)} training returns, fewer than {MIN_TRAIN_GARCH}"}
+    if not x.std() > 0:
+        return {"unusable": "constant training returns"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = arch_model(x, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fit(disp="off", show_warning=False)
-    except Exception:  # noqa: BLE001 - an optimizer failure means "no GARCH baseline for this asset"
-        return None
+    except Exception as exc:  # noqa: BLE001 - an optimizer failure means "no GARCH baseline for this asset"
+        return {"unusable": f"the fit failed ({exc.__class__.__name__})"}
     mu, omega, alpha, beta, nu = (float(v) for v in np.asarray(res.params))
-    p = {"mu": mu, "omega": omega, "alpha": alpha, "beta": beta, "nu": nu,
-         "backcast": garch_backcast(x - x.mean()), "convergence_flag": int(res.convergence_flag), "n_train": int(len(x))}
-    if not (np.isfinite([mu, omega, alpha, beta, nu]).all() and omega > 0 and alpha >= 0 and beta >= 0
-            and alpha + beta < 1 and nu > 2):
-        return None
-    return p
+    if not (np.isfinite([mu, omega, alpha, beta, nu]).all() and omega > 0 and alpha >= 0 and beta >= 0):
+        return {"unusable": f"invalid parameters (omega {omega:.3g}, alpha {alpha:.3g}, beta {beta:.3g})"}
+    if alpha + beta >= 1:
+        return {"unusable": f"alpha + beta = {alpha + beta:.4f} >= 1 (not stationary)"}
+    if nu <= 2:
+        return {"unusable": f"nu = {nu:.3f} <= 2 (infinite variance)"}
+    return {"mu": mu, "omega": omega, "alpha": alpha, "beta": beta, "nu": nu,
+            "backcast": garch_backcast(x - x.mean()), "convergence_flag": int(res.convergence_flag), "n_train": int(len(x))}
 
 
 def garch_variance(x: np.ndarray, params: dict) -> np.ndarray:
@@ -183,14 +188,14 @@ def garch_t(returns: np.ndarray, split: np.ndarray, asset: np.ndarray, n_assets:
     t is standardized to unit variance), NaN where the asset has no fit; and the fitted params per asset."""
     n = len(returns)
     loc, scale, df = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    fits: dict[int, dict | None] = {}
+    fits: dict[int, dict] = {}
     for a in range(n_assets):
         idx = np.flatnonzero(asset == a)
         if not len(idx):
             continue
         params = fit_garch_t(returns[idx][split[idx] == 0])
         fits[a] = params
-        if params is None:
+        if "unusable" in params:
             continue
         s2 = garch_variance(100.0 * returns[idx], params)
         nu = params["nu"]

@@ -299,9 +299,10 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
         block["category"] = store.categories[store.symbols.index(symbol)]
         g = block["garch_t"]
         block["beats_garch_t_nll"] = bool(block["model"]["nll"] < g["nll"]) if g["n"] else None
-        fit = garch.get(symbol)
-        block["garch_t_params"] = ({k: fit[k] for k in ("mu", "omega", "alpha", "beta", "nu", "convergence_flag",
-                                                        "n_train")} if fit else None)
+        fit = garch.get(symbol) or {"unusable": "no training returns"}
+        block["garch_t_params"] = (None if "unusable" in fit else
+                                   {k: fit[k] for k in ("mu", "omega", "alpha", "beta", "nu", "convergence_flag", "n_train")})
+        block["garch_t_unusable"] = fit.get("unusable")
         ret["per_asset"][symbol] = block
     compared = [b for b in ret["per_asset"].values() if b["beats_garch_t_nll"] is not None]
     wins = sum(b["beats_garch_t_nll"] for b in compared)
@@ -535,6 +536,10 @@ def write_report(results: dict, run_dir, name: str = "report.md") -> Path:
               "calibration": "Close-to-close return: interval coverage and direction"}
     for key, columns in RETURN_TABLES.items():
         out += [f"## {titles[key]}", "", return_table(results, columns), ""]
+    missing = {a: b["garch_t_unusable"] for a, b in results["returns"]["per_asset"].items() if b.get("garch_t_unusable")}
+    if missing:
+        out += ["Assets without a GARCH-t baseline (left out of every GARCH-t comparison):", ""]
+        out += [f"- {asset}: {reason}" for asset, reason in missing.items()] + [""]
     out += ["## PIT histogram (all assets, 10 bins; calibrated = 0.1 each)", ""]
     pit_rows = [[f"{k / PIT_BINS:.1f}-{(k + 1) / PIT_BINS:.1f}",
                  *[fv(get_path(ov, (who, "pit_histogram", k)), ".4f") for who in ("model", *BASELINES)]]
