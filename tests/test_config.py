@@ -54,8 +54,10 @@ def test_config_errors_name_the_key(tmp_path, raw, message):
 def test_overrides(tmp_path):
     cfg = load_config(write(tmp_path, {}), ["training.batch_size=16", "model.dropout=0", "data.universe=c"])
     assert (cfg.training.batch_size, cfg.model.dropout, cfg.data.universe) == (16, 0.0, "c")
-    with pytest.raises(MarketGPTError, match="did you mean 'batch_size'"):
+    with pytest.raises(MarketGPTError, match=r"^--set training.batchsize=16: .*did you mean 'batch_size'"):
         load_config(write(tmp_path, {}), ["training.batchsize=16"])
+    with pytest.raises(MarketGPTError, match=r"^--set training.batch_size=abc: training.batch_size: expected int"):
+        load_config(write(tmp_path, {}), ["model.dropout=0", "training.batch_size=abc"])
     with pytest.raises(MarketGPTError, match="expected section.key=value"):
         load_config(write(tmp_path, {}), ["batch_size=16"])
 

@@ -342,6 +342,17 @@ def test_moves_beyond_the_training_range():
 
 
 # ---------------------------------------------------------------- file format
+def test_saved_file_is_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        TOKENIZERS[0].save(tmp_path / "t.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_save_load_round_trip_is_byte_identical(tmp_path):
     for i, tok in enumerate(TOKENIZERS):
         a, b = tmp_path / f"a{i}.json", tmp_path / f"b{i}.json"

@@ -175,9 +175,11 @@ def read_json(path: str | Path, what: str = "file"):
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     raw = read_json(path, "config file")
+    cfg = from_dict(raw, str(path))      # the file alone first, so that its errors name the file
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
             raise _unknown_key(section, list(SECTIONS), f"--set {text}")
         raw.setdefault(section, {})[key] = value
-    return from_dict(raw, str(path))
+        cfg = from_dict(raw, f"--set {text}")
+    return cfg

@@ -9,7 +9,6 @@ import heapq
 import json
 import math
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -591,9 +590,9 @@ class CandleTokenizer:
         path = Path(path)
         text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False) + "\n"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")   # open() honours the umask, as every other file
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())

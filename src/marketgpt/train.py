@@ -388,6 +388,8 @@ def start_run_dir(cfg: Config, run_dir: str | Path | None, d: Dist) -> Path:
 
 def read_run_config(run_dir: Path) -> Config:
     path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise MarketGPTError(f"{run_dir}: run directory not found")
     if not path.exists():
         raise MarketGPTError(f"{run_dir}: not a run directory (no config.json)")
     return from_dict(read_json(path, "run config"), str(path))
