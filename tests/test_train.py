@@ -82,16 +82,22 @@ def test_run_directory_holds_every_artefact(tmp_path):
     assert best["epoch"] == log["best_epoch"]
 
 
-def killed_mid_run(cfg: Path) -> Path | None:
-    """Start a run and SIGKILL it somewhere inside epoch 2 or 3; its run directory, or None if it ended first or
-    its last.pt was written at an epoch end (the test is about restoring the middle of an epoch)."""
+def start_until(cfg: Path, prefix: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start `marketgpt train CFG` and read its output up to the first line starting with `prefix`."""
     proc = subprocess.Popen([sys.executable, "-m", "marketgpt.cli", "train", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("Epoch 2/"):
+        if line.startswith(prefix):
             break
+    return proc, lines
+
+
+def killed_mid_run(cfg: Path) -> Path | None:
+    """Start a run and SIGKILL it somewhere inside epoch 2 or 3; its run directory, or None if it ended first or
+    its last.pt was written at an epoch end (the test is about restoring the middle of an epoch)."""
+    proc, lines = start_until(cfg, "Epoch 2/")
     time.sleep(random.uniform(0, 0.3))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -193,14 +199,8 @@ def test_resuming_a_run_with_a_corrupt_config_fails_in_one_line(tmp_path):
 
 def test_sigterm_saves_and_stops_status_says_so_and_resume_finishes(tmp_path):
     cfg = tiny_config(tmp_path, epochs=30)
-    proc = subprocess.Popen([sys.executable, "-m", "marketgpt.cli", "train", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Epoch 1/"):
-            proc.send_signal(signal.SIGTERM)
-            break
+    proc, lines = start_until(cfg, "Epoch 1/")
+    proc.send_signal(signal.SIGTERM)
     out = "".join(lines) + proc.stdout.read()
     assert proc.wait() == 3, proc.stderr.read()
     run = run_dir_of(out)
