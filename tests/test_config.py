@@ -65,3 +65,10 @@ def test_overrides(tmp_path):
 def test_missing_file():
     with pytest.raises(MarketGPTError, match="config file not found"):
         load_config("/no/such/config.json")
+
+
+def test_overrides_that_only_agree_together_are_checked_together(tmp_path):
+    cfg = load_config(write(tmp_path, {}), ["data.train_ratio=0.8", "data.val_ratio=0.1", "data.test_ratio=0.1"])
+    assert (cfg.data.train_ratio, cfg.data.val_ratio, cfg.data.test_ratio) == (0.8, 0.1, 0.1)
+    with pytest.raises(MarketGPTError, match=r"cfg.json with --set data.train_ratio=0.8: .*sum to 1"):
+        load_config(write(tmp_path, {}), ["data.train_ratio=0.8"])

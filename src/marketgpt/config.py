@@ -105,18 +105,23 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         if key not in known_top:
             raise _unknown_key(key, known_top, source)
     cfg = Config(name=_coerce(raw.get("name", "run"), "run", f"{source}: name"))
-    for section, cls in SECTIONS.items():
+    for section in SECTIONS:
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise MarketGPTError(f"{source}: section '{section}' must be a JSON object")
-        target = getattr(cfg, section)
-        names = [f.name for f in dataclasses.fields(cls)]
         for key, value in values.items():
-            if key not in names:
-                raise _unknown_key(key, names, f"{source}: {section}")
-            setattr(target, key, _coerce(value, getattr(target, key), f"{source}: {section}.{key}"))
+            _assign(cfg, section, key, value, source)
     _check(cfg, source)
     return cfg
+
+
+def _assign(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
+    """Set one known key of a section, checked against the type of its default."""
+    target = getattr(cfg, section)
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if key not in names:
+        raise _unknown_key(key, names, f"{source}: {section}")
+    setattr(target, key, _coerce(value, getattr(target, key), f"{source}: {section}.{key}"))
 
 
 def _check(cfg: Config, source: str) -> None:
@@ -174,12 +179,12 @@ def read_json(path: str | Path, what: str = "file"):
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
-    raw = read_json(path, "config file")
-    cfg = from_dict(raw, str(path))      # the file alone first, so that its errors name the file
-    for text in overrides:
+    cfg = from_dict(read_json(path, "config file"), str(path))   # the file alone: its errors name the file
+    for text in overrides:                                          # each override's key and type errors name it
         section, key, value = parse_override(text)
         if section not in SECTIONS:
             raise _unknown_key(section, list(SECTIONS), f"--set {text}")
-        raw.setdefault(section, {})[key] = value
-        cfg = from_dict(raw, f"--set {text}")
+        _assign(cfg, section, key, value, f"--set {text}")
+    if overrides:   # checked together, so that two overrides may change a pair of values that must agree
+        _check(cfg, f"{path} with --set {' '.join(overrides)}")
     return cfg
