@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import read_json
 from .errors import MarketGPTError
 
 JOB_RECORDS = ".slurm_jobs"   # written by the job scripts of `marketgpt slurm` (see cluster.py)
@@ -18,12 +19,8 @@ CHECKPOINT_GLOBS = ("last.pt", "best_model.pt", "checkpoint_epoch_*.pt")
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MarketGPTError(f"{path}: unreadable JSON ({exc})") from None
+    """A run file, or {} while the run has not written it yet."""
+    return read_json(path) if path.exists() else {}
 
 
 def _duration(seconds: float | None) -> str:

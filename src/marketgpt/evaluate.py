@@ -299,7 +299,7 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
         block["category"] = store.categories[store.symbols.index(symbol)]
         g = block["garch_t"]
         block["beats_garch_t_nll"] = bool(block["model"]["nll"] < g["nll"]) if g["n"] else None
-        fit = garch.get(symbol) or {"unusable": "no training returns"}
+        fit = garch[symbol]
         block["garch_t_params"] = (None if "unusable" in fit else
                                    {k: fit[k] for k in ("mu", "omega", "alpha", "beta", "nu", "convergence_flag", "n_train")})
         block["garch_t_unusable"] = fit.get("unusable")

@@ -255,6 +255,7 @@ class Trainer:
         cfg, s = self.cfg, self.state
         C = self.store.tokens.shape[1]
         per_step = cfg.training.batch_size * self.d.world_size
+        every = cfg.training.last_every_steps
         started = time.time() - s.elapsed
         self.model.train()
         while not self.finished:
@@ -281,7 +282,6 @@ class Trainer:
                         loss_sum, count = stats[:2].tolist()
                         bar.set_postfix(loss=f"{loss_sum / max(count, 1) / C:.3f}")
                 stop = self.should_stop()
-                every = cfg.training.last_every_steps
                 if stop or (every and s.global_step % every == 0):
                     s.accum = accum.tolist()
                     s.elapsed = time.time() - started
