@@ -4,7 +4,7 @@ learning rate of the same grid.
 
 Data (default): every daily series of ../shared/data through the files provider (276 assets, ~775k real candles;
 bad rows dropped; global 70/15/15 time split; tokenizer fitted on the training period). `--data sample`: the
-sample universe (SPX, IXIC, GOOG; 12,210 candles), where the every-position run overfits (it passes over the
+sample universe (SPX, IXIC, AAPL, GOOG, IBM, MSFT; 22,020 candles), where the every-position run overfits (it passes over the
 8.5k training candles every 8 steps) before it reaches the original's best. Model and optimizer:
 configs/sample.json (vocab 64, context 64, d_model 128, 4 layers, dropout 0.1, batch 16 windows, AdamW, weight
 decay 0.1, clip 1.0), with a constant learning rate after the warmup (`--min-lr-ratio 1`), so that neither run
@@ -198,7 +198,7 @@ def main() -> int:
         print(f"every position did not reach {target:.4f} in {args.budget} steps at any learning rate")
     grid = {name: {f"{lr:g}": {"best_val": r["best_val"], "steps": r["steps"], "train_s": r["train_s"]}
                    for lr, r in runs.items()} for name, runs in (("original", originals), ("every_position", mine_runs))}
-    data = ("the sample universe (SPX, IXIC, GOOG daily)" if args.data == "sample" else
+    data = ("the sample universe (SPX, IXIC, AAPL, GOOG, IBM, MSFT daily)" if args.data == "sample" else
             f"{n_assets} daily series of ../shared/data, {n_candles:,} candles")
     result = {"benchmark": "time_to_loss", "machine": mach, "data": data, "config": "configs/sample.json",
               "context_length": T, "min_lr_ratio": args.min_lr_ratio, "budget_steps": args.budget, "target_val_loss": target,

@@ -18,7 +18,7 @@ def test_fit_then_inspect(tmp_path, capsys):
     assert tokenizer.vocab_size == 128 and tokenizer.channels == ["close", "open", "upper", "lower"]
     assert main(["tokenizer", "inspect", str(out), "--case", "sample", "--data-dir", str(tmp_path / "data")]) == 0
     report = capsys.readouterr().out
-    for symbol in ("SPX", "IXIC", "GOOG"):
+    for symbol in ("SPX", "IXIC", "AAPL", "GOOG", "IBM", "MSFT"):
         assert symbol in report
 
 

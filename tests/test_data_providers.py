@@ -1,11 +1,15 @@
 """Providers on recorded responses, the cache round trip and incremental update, and the real-data folder."""
 
+import importlib.metadata
 import json
+import re
 from pathlib import Path
 
 import ccxt
+import numpy as np
 import pandas as pd
 import pytest
+from packaging.requirements import Requirement
 
 from marketgpt.data import CandleCache, download_universe, load_candles, load_universe
 from marketgpt.data.providers import CCXTProvider, FilesProvider, SampleProvider, YFinanceProvider
@@ -13,6 +17,7 @@ from marketgpt.errors import MarketGPTError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DAY_MS = 86_400_000
+SAMPLE = ["SPX", "IXIC", "AAPL", "GOOG", "IBM", "MSFT"]
 
 
 def asset(symbol, category="us_stocks", yfinance="", ccxt_market=""):
@@ -110,17 +115,73 @@ def test_ccxt_resumes_where_the_cache_ends(tmp_path):
 
 def test_cache_round_trip_keeps_values_and_provenance(tmp_path):
     universe = load_universe("sample")
+    assert universe.symbol.tolist() == SAMPLE
     cache = CandleCache(tmp_path, "sample")
     report = download_universe(universe, SampleProvider(), cache)
-    assert sorted(report.updated) == ["GOOG", "IXIC", "SPX"]
-    goog = cache.read("GOOG")
-    from backtesting.test import GOOG
+    assert sorted(report.updated) == sorted(SAMPLE)
+    from arch.data import nasdaq, sp500
 
-    assert len(goog) == len(GOOG) and goog.close.tolist() == GOOG.Close.tolist()
+    for symbol, source in (("SPX", sp500.load()), ("IXIC", nasdaq.load())):
+        cached = cache.read(symbol)
+        assert len(cached) == len(source) and cached.close.tolist() == source.Close.tolist()
+    from bokeh_sampledata import stocks
+
+    for symbol in ("AAPL", "GOOG", "IBM", "MSFT"):
+        cached, source = cache.read(symbol), pd.DataFrame(getattr(stocks, symbol))
+        assert cached.date.dt.strftime("%Y-%m-%d").tolist() == source.date.tolist()
+        ratio = source.adj_close / source.close                # split-adjusted: the close is the source's adj_close
+        np.testing.assert_allclose(cached.close, source.adj_close, rtol=1e-12)
+        for column in ("open", "high", "low"):
+            np.testing.assert_allclose(cached[column], source[column] * ratio, rtol=1e-12)
+        assert cached.volume.tolist() == source.volume.tolist()
+    goog = cache.read("GOOG")
     assert goog.dtypes["close"] == "float64" and goog.date.is_monotonic_increasing
     prov = cache.provenance("GOOG")
     assert prov.provider == "sample" and prov.source == "sample:GOOG" and prov.fetched_at
     assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_sample_stocks_have_no_split_jumps(tmp_path):
+    frame = load_candles(load_universe("sample"), "sample", tmp_path).set_index("date")
+    # 2:1 splits: unadjusted, the close halves overnight on each of these days
+    for symbol, day in (("AAPL", "2000-06-21"), ("AAPL", "2005-02-28"), ("MSFT", "2003-02-18")):
+        returns = np.log(frame[frame.symbol == symbol].close).diff()
+        assert abs(returns[pd.Timestamp(day)]) < 0.1
+
+
+def test_sample_unknown_ticker_lists_the_sample_symbols():
+    message = f"sample: unknown ticker 'NOPE' (the sample universe has {', '.join(SAMPLE)})"
+    with pytest.raises(MarketGPTError, match=re.escape(message)):
+        SampleProvider().fetch(asset("NOPE"), None, None)
+
+
+def runtime_requirements(name: str) -> dict[str, importlib.metadata.Distribution]:
+    """Every distribution `name` needs at run time, its extras left out, found in this environment."""
+    found, todo = {}, [name]
+    while todo:
+        key = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if key in found:
+            continue
+        found[key] = dist = importlib.metadata.distribution(key)
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return found
+
+
+def test_no_run_time_dependency_is_copyleft_or_source_available():
+    # an MIT package must not need a copyleft (AGPL/GPL) or source-available package to run
+    forbidden = re.compile(r"\bA?GPL|GNU (Affero )?General Public|SSPL|Server Side Public|BUSL|Business Source|"
+                           r"Commons Clause|Elastic License")
+    dists = runtime_requirements("marketgpt")
+    assert {"arch", "bokeh-sampledata"} <= set(dists) and "backtesting" not in dists
+    for key, dist in dists.items():
+        meta = dist.metadata
+        licence = meta.get("License") or ""
+        terms = [meta.get("License-Expression") or "", *(meta.get_all("Classifier") or [])]
+        terms += [licence] if "\n" not in licence.strip() else []   # a multi-line field is the whole text
+        assert not [t for t in terms if forbidden.search(t)], f"{key}: {terms}"
 
 
 def test_second_download_fetches_only_missing_dates(tmp_path):
@@ -145,8 +206,10 @@ def test_load_candles_requires_a_download_for_network_providers(tmp_path):
 
 
 def test_sample_universe_loads_offline(tmp_path):
-    frame = load_candles(load_universe("sample"), "sample", tmp_path)
-    assert set(frame.symbol) == {"SPX", "IXIC", "GOOG"} and len(frame) > 12000
+    universe = load_universe("sample")
+    assert set(universe.category) == {"indices", "us_stocks"}
+    frame = load_candles(universe, "sample", tmp_path)
+    assert set(frame.symbol) == set(SAMPLE) and len(frame) == 22020
     assert (frame.high >= frame[["open", "close"]].max(axis=1)).all()
 
 

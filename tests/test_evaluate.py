@@ -275,7 +275,7 @@ def test_run_evaluation_writes_results_plots_and_report(run):
     for entry in ch.values():
         assert set(entry) == {"model", "unigram", "unigram_per_asset", "persistence"}
     per_asset = results["returns"]["per_asset"]
-    assert set(per_asset) <= {"SPX", "IXIC", "GOOG"} and per_asset
+    assert set(per_asset) <= {"SPX", "IXIC", "AAPL", "GOOG", "IBM", "MSFT"} and per_asset
     h = results["headline"]
     compared = [a for a in per_asset.values() if a["beats_garch_t_nll"] is not None]
     assert h["assets_with_garch_t"] == len(compared)

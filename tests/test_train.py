@@ -74,7 +74,7 @@ def test_run_directory_holds_every_artefact(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["run"]["versions"]["torch"] == torch.__version__ and config["run"]["train_end"] < config["run"]["val_end"]
     assets = json.loads((run / "asset_info.json").read_text())
-    assert [a["symbol"] for a in assets["assets"]] == ["SPX", "IXIC", "GOOG"]
+    assert [a["symbol"] for a in assets["assets"]] == ["SPX", "IXIC", "AAPL", "GOOG", "IBM", "MSFT"]
     data_info = json.loads((run / "data_info.json").read_text())
     assert data_info["split"]["counts"]["train"] > data_info["split"]["counts"]["val"] > 0
     json.loads((run / "tokenizer.json").read_text())

@@ -62,7 +62,7 @@ def test_cli_data_info_lists_case_a_offline(tmp_path, capsys):
 def test_cli_sample_download_then_info(tmp_path, capsys):
     assert main(["data", "download", "--case", "sample", "--data-dir", str(tmp_path)]) == 0
     assert main(["data", "info", "--case", "sample", "--data-dir", str(tmp_path)]) == 0
-    assert "total: 3 assets, 3 cached, 12210 candles" in capsys.readouterr().out
+    assert "total: 6 assets, 6 cached, 22020 candles" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -74,30 +74,34 @@ def _between(frame: pd.DataFrame, start: str | None, end: str | None) -> pd.Data
 
 
 class SampleProvider(Provider):
-    """Real daily series shipped inside registry packages, so the pipeline runs offline.
+    """Real daily series shipped inside permissively licensed registry packages, so the pipeline runs offline.
 
-    SPX and IXIC: S&P 500 and NASDAQ Composite daily 1999-2018 (package `arch`);
-    GOOG: Alphabet daily 2004-2013 (package `backtesting`).
+    SPX and IXIC: S&P 500 and NASDAQ Composite 1999-2018 (package `arch`, NCSA licence).
+    AAPL, GOOG, IBM, MSFT: Quandl WIKI stock candles 2000-2013 (GOOG from its 2004 listing), which Quandl
+    put in the public domain (package `bokeh-sampledata`, BSD-3-Clause). Their open/high/low/close are as
+    traded, so a split reads as a crash (AAPL halves in 2000 and 2005, MSFT in 2003): each day's four
+    prices are scaled by that day's adj_close / close, which removes the split jumps (and dividend
+    drops) without changing any candle's shape. Volume stays the number of shares traded.
     """
 
     name = "sample"
     offline = True
+    INDICES = {"SPX": "sp500", "IXIC": "nasdaq"}
+    STOCKS = ("AAPL", "GOOG", "IBM", "MSFT")
 
-    @staticmethod
-    def _load(symbol: str) -> pd.DataFrame:
-        if symbol == "SPX":
-            from arch.data import sp500
+    @classmethod
+    def _load(cls, symbol: str) -> pd.DataFrame:
+        if symbol in cls.INDICES:
+            return importlib.import_module(f"arch.data.{cls.INDICES[symbol]}").load()
+        if symbol in cls.STOCKS:
+            from bokeh_sampledata import stocks
 
-            return sp500.load()
-        if symbol == "IXIC":
-            from arch.data import nasdaq
-
-            return nasdaq.load()
-        if symbol == "GOOG":
-            from backtesting.test import GOOG
-
-            return GOOG.copy()
-        raise MarketGPTError(f"sample: unknown ticker '{symbol}' (the sample universe has SPX, IXIC, GOOG)")
+            frame = pd.DataFrame(getattr(stocks, symbol)).set_index("date")
+            prices = ["open", "high", "low", "close"]
+            frame[prices] = frame[prices].mul(frame.pop("adj_close") / frame["close"], axis=0)
+            return frame
+        raise MarketGPTError(f"sample: unknown ticker '{symbol}' "
+                             f"(the sample universe has {', '.join([*cls.INDICES, *cls.STOCKS])})")
 
     def fetch(self, asset, start, end):
         raw = self._load(asset.symbol).drop(columns=["Adj Close"], errors="ignore")
