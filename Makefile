@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/marketgpt data download --case sample
 	$(BIN)/marketgpt data info --case sample
-	$(BIN)/marketgpt train configs/sample.json
+	@run=checkpoints/demo_$$(date +%Y%m%d_%H%M%S); set -e; \
+	$(BIN)/marketgpt train configs/sample.json --run-dir $$run; \
+	$(BIN)/marketgpt forecast $$run --horizon 21 -o $$run/forecast.parquet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -31,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/time_to_loss.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/report.py
 
 clean:

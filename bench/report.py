@@ -100,9 +100,21 @@ def rows_data_load(r: dict) -> list[list[str]]:
              f"time {r['time_ratio']}x, memory {r['memory_ratio']}x", ""]]
 
 
-FORMATTERS = {"train_throughput": rows_train_throughput, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
+def rows_generate(r: dict) -> list[list[str]]:
+    rows = []
+    for s in r["shapes"]:
+        ref = s["cached_at_reference_paths"]
+        rows.append([f"sample paths, {case_name(s['case'])} shapes (context {s['context_length']}), KV cache",
+                     f"{s['cached']['candles_per_s']:,.0f} candles/s at {s['cached']['paths']} paths"
+                     + ("" if ref["paths"] == s["cached"]["paths"] else f"; {ref['candles_per_s']:,.0f} at {ref['paths']}"),
+                     f"no cache, {s['uncached']['candles_per_s']:,.0f} candles/s at {s['uncached']['paths']} paths",
+                     f"{s['ratio']:.1f}x", f">= {s['target']:.0f}x: {met(s['met'])}"])
+    return rows
+
+
+FORMATTERS = {"train_throughput": rows_train_throughput, "generate": rows_generate, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
               "tokenizer": rows_tokenizer, "data_load": rows_data_load}
-ORDER = ["train_throughput", "time_to_loss", "memory", "tokenizer", "data_load"]
+ORDER = ["train_throughput", "time_to_loss", "memory", "generate", "tokenizer", "data_load"]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 
@@ -49,10 +50,8 @@ def tiny_config(folder: Path, name="tiny", data_dir=None, **training) -> Path:
     return path
 
 
-def run_cli(*args, cwd=None, env=None, stdin=subprocess.DEVNULL, timeout=120):
-    return subprocess.run([sys.executable, "-m", "marketgpt.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, stdin=stdin, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+def run_cli(*args, stdin=subprocess.DEVNULL, timeout=120, **kwargs):
+    return helpers.run_cli(*args, stdin=stdin, timeout=timeout, **kwargs)
 
 
 def assert_one_error_line(result, *needles):
@@ -208,7 +207,7 @@ def test_config_without_cached_data_is_one_line(tmp_path):
     raw["data"].update(provider="yfinance", data_dir=str(tmp_path / "nothing"))
     path = tmp_path / "net.json"
     path.write_text(json.dumps(raw))
-    assert_one_error_line(run_cli("launch", path, "--yes", cwd=tmp_path), "no cached data for 3 of 3 assets",
+    assert_one_error_line(run_cli("launch", path, "--yes", cwd=tmp_path), "no cached data for 6 of 6 assets",
                           "marketgpt data download")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marketgpt.data import load_universe, time_split
+from marketgpt.data import time_split
 from marketgpt.data.providers import FilesProvider
 from marketgpt.errors import MarketGPTError
 

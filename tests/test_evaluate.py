@@ -3,25 +3,30 @@ sample run of `make demo` end to end (results JSON, plots, report numbers equal 
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import is_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketgpt import evaluate as E
 from marketgpt import metrics as M
-from marketgpt.baselines import (fit_garch_t, garch_t, garch_variance, persistence_scores, persistence_weight,
-                                 random_walk, target_rows, unigram_scores)
+from marketgpt.baselines import (
+    fit_garch_t,
+    garch_t,
+    garch_variance,
+    persistence_scores,
+    persistence_weight,
+    random_walk,
+    target_rows,
+    unigram_scores,
+)
 from marketgpt.dataset import TokenStore, make_windows
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -210,27 +215,10 @@ def test_persistence_baseline():
 
 
 # --- end to end --------------------------------------------------------------------------------------
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "marketgpt.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The run of `make demo`: configs/sample.json trained, and evaluated on test at the end of training."""
-    tmp = tmp_path_factory.mktemp("evalrun")
-    result = run_cli("train", ROOT / "configs" / "sample.json", "--set", f"training.checkpoint_dir={tmp / 'checkpoints'}",
-                     "--set", f"data.data_dir={tmp / 'data'}")
-    assert result.returncode == 0, result.stderr
-    return Path(re.search(r"Run directory: (\S+)", result.stdout).group(1)), result.stdout
-
-
-def is_png(path: Path) -> bool:
-    import matplotlib.image
-
-    img = matplotlib.image.imread(path)
-    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.ndim == 3 and img.shape[2] in (3, 4) \
-        and img.shape[0] > 100 and img.shape[1] > 100
+def run(demo_run):
+    """The run of `make demo` (trained once per session, see conftest.py)."""
+    return demo_run
 
 
 def report_tables(text: str) -> dict:

@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from marketgpt.config import ModelConfig
+from marketgpt.generate import Prompt, sample_paths
 from marketgpt.model import MarketGPT, flops_per_token
 
 C = 4
@@ -137,10 +139,11 @@ def test_learns_a_periodic_pattern_per_asset():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
-    # and it continues the pattern by itself
-    seq = pattern[asset[:, None], (phase[:, None] + torch.arange(T + 6)) % P]
-    out = model.generate(seq[:, :T], asset, asset % 2, steps=6, temperature=0)
-    assert torch.equal(out, seq)
+    # and it continues the pattern by itself, greedily, with the KV cache, past the context length (re-primed)
+    seq = pattern[asset[:, None], (phase[:, None] + torch.arange(T + T)) % P]
+    prompts = [Prompt(seq[i, :T].numpy(), int(asset[i]), int(asset[i]) % 2, i) for i in range(B)]
+    out = sample_paths(model, prompts, T, 1, temperature=0)
+    assert all(np.array_equal(out[i][0], seq[i, T:].numpy()) for i in range(B))
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -154,34 +157,19 @@ def greedy_by_teacher_forcing(model, tokens, asset, category):
     return targets[:, -1]
 
 
-def test_sample_next_valid_tokens_greedy_and_modes():
+def test_greedy_sampling_is_the_argmax_of_each_conditional_head_and_restores_the_mode():
     cfg = tiny(dropout=0.2)
     model = make(cfg)
     tokens, asset, category, _ = batch(cfg, B=5, T=9)
+    prompts = [Prompt(tokens[i].numpy(), int(asset[i]), int(category[i]), i) for i in range(5)]
     model.train()
-    s = model.sample_next(tokens, asset, category, generator=torch.Generator().manual_seed(3))
+    drawn = sample_paths(model, prompts, 1, 3, seed=3)
     assert model.training
-    assert s.shape == (5, C) and s.dtype == torch.long and s.min() >= 0 and s.max() < cfg.vocab_size
-    again = model.sample_next(tokens, asset, category, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(s, again)
-    g0 = model.sample_next(tokens, asset, category, temperature=0)
-    assert torch.equal(g0, model.sample_next(tokens, asset, category, temperature=0))
-    assert torch.equal(g0, model.sample_next(tokens, asset, category, top_k=1))
+    assert all(p.shape == (3, 1, C) and p.min() >= 0 and p.max() < cfg.vocab_size for p in drawn)
+    greedy = np.stack([p[0, 0] for p in sample_paths(model, prompts, 1, 1, temperature=0)])
+    assert np.array_equal(greedy, np.stack([p[0, 0] for p in sample_paths(model, prompts, 1, 1, top_p=1e-9)]))
     model.eval()
-    assert torch.equal(g0, greedy_by_teacher_forcing(model, tokens, asset, category))
-    model.sample_next(tokens, asset, category)
-    assert not model.training
-
-
-def test_sampling_crops_the_context_and_generate_appends():
-    cfg = tiny()
-    model = make(cfg).eval()
-    tokens, asset, category, _ = batch(cfg, B=2, T=cfg.context_length + 5)
-    long = model.sample_next(tokens, asset, category, temperature=0)
-    assert torch.equal(long, model.sample_next(tokens[:, -cfg.context_length:], asset, category, temperature=0))
-    out = model.generate(tokens[:, :4], asset, category, steps=cfg.context_length,
-                         generator=torch.Generator().manual_seed(0))
-    assert out.shape == (2, 4 + cfg.context_length, C) and torch.equal(out[:, :4], tokens[:, :4])
+    assert np.array_equal(greedy, greedy_by_teacher_forcing(model, tokens, asset, category).numpy())
 
 
 # --- training machinery ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CONFIGS, ROOT, run_cli, run_dir_of, small_config
 
 from marketgpt.checkpoint import load_checkpoint
 from marketgpt.config import load_config
@@ -22,38 +23,13 @@ from marketgpt.distributed import Dist
 from marketgpt.model import MarketGPT
 from marketgpt.train import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-
-
-def tiny_config(tmp_path, **training):
-    """The sample universe with a small model: a few seconds per run on 2 cores."""
-    raw = json.loads((CONFIGS / "sample.json").read_text())
-    raw["name"] = "tiny"
-    raw["model"].update(vocab_size=32, context_length=32, d_model=32, num_layers=2, num_heads=2, d_ff=64)
-    raw["training"].update({"batch_size": 8, "epochs": 4, "max_steps_per_epoch": 6, "checkpoint_every": 2,
-                            "keep_checkpoints": 1, "checkpoint_dir": str(tmp_path / "checkpoints"), **training})
-    raw["data"]["data_dir"] = str(tmp_path / "data")
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(raw))
-    return path
-
-
-def run_cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "marketgpt.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **kwargs)
-
-
-def run_dir_of(output: str) -> Path:
-    return Path(re.search(r"Run directory: (\S+)", output).group(1))
-
 
 def weights(path: Path) -> dict:
     return load_checkpoint(path)["model"]
 
 
 def test_run_directory_holds_every_artefact(tmp_path):
-    result = run_cli("train", tiny_config(tmp_path))
+    result = run_cli("train", small_config(tmp_path))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.splitlines()[0] == "Using CPU: 1 threads"
@@ -108,7 +84,7 @@ def killed_mid_run(cfg: Path) -> Path | None:
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=6, last_every_steps=1)
+    cfg = small_config(tmp_path, epochs=6, last_every_steps=1)
     reference = run_cli("train", cfg)
     assert reference.returncode == 0, reference.stderr
     ref_dir = run_dir_of(reference.stdout)
@@ -126,7 +102,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=2)
+    cfg = small_config(tmp_path, epochs=2)
     single = run_cli("train", cfg, "--set", "training.batch_size=8", "--set", "model.dropout=0")
     assert single.returncode == 0, single.stderr
     double = run_cli("train", cfg, "--num-gpus", "2", "--set", "training.batch_size=4", "--set", "model.dropout=0")
@@ -166,7 +142,7 @@ def test_readme_cases_table_matches_the_models_built_for_the_universes(case):
     assert row, f"README has no cases-table row for case {case}"
     universe = load_universe(case)
     cfg = load_config(CONFIGS / f"case_{case}.json")
-    model = MarketGPT(cfg.model, 4, len(universe), universe["category"].nunique())
+    model = MarketGPT(cfg.model, 4, len(universe), universe["category"].nunique(), unknown=True)   # as trained
     assert int(row.group(1)) == len(universe)
     assert row.group(2) == f"{model.num_parameters():,}"
     assert row.group(3) == f"{model.num_parameters(non_embedding=True):,}"
@@ -181,7 +157,7 @@ def assert_one_error_line(result, *needles):
 
 
 def test_a_run_whose_data_cannot_be_had_fails_in_one_line_and_leaves_no_run_directory(tmp_path):
-    cfg = tiny_config(tmp_path)
+    cfg = small_config(tmp_path)
     raw = json.loads(cfg.read_text())
     (tmp_path / "csv").mkdir()
     raw["data"].update(provider=f"files:{tmp_path / 'csv'}", data_dir=str(tmp_path / "empty_cache"))
@@ -198,7 +174,7 @@ def test_resuming_a_run_with_a_corrupt_config_fails_in_one_line(tmp_path):
 
 
 def test_sigterm_saves_and_stops_status_says_so_and_resume_finishes(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=30)
+    cfg = small_config(tmp_path, epochs=30)
     proc, lines = start_until(cfg, "Epoch 1/")
     proc.send_signal(signal.SIGTERM)
     out = "".join(lines) + proc.stdout.read()

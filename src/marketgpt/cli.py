@@ -176,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.set_defaults(func=cmd_train)
 
-    from . import cluster, evaluate
+    from . import cluster, evaluate, forecast_cli
 
     evaluate.add_commands(sub)
+    forecast_cli.add_commands(sub)
     cluster.add_commands(sub)
     return parser
 

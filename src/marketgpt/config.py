@@ -45,6 +45,8 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     evaluate: bool = True          # evaluate the best model on the test split when training ends
+    asset_dropout: float = 0.1     # share of training windows shown as the "unknown asset" (trains zero-shot)
+    category_dropout: float = 0.5  # share of those that also hide the category ("unknown category")
 
 
 @dataclass
@@ -145,6 +147,10 @@ def _check(cfg: Config, source: str) -> None:
     ratios = (d.train_ratio, d.val_ratio, d.test_ratio)
     if min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
         raise MarketGPTError(f"{source}: data.train_ratio + val_ratio + test_ratio must be positive and sum to 1, got {ratios}")
+    if not 0 <= t.asset_dropout < 1:
+        raise MarketGPTError(f"{source}: training.asset_dropout must be in [0, 1), got {t.asset_dropout}")
+    if not 0 <= t.category_dropout <= 1:
+        raise MarketGPTError(f"{source}: training.category_dropout must be in [0, 1], got {t.category_dropout}")
     if t.last_every_steps < 0:
         raise MarketGPTError(f"{source}: training.last_every_steps must be 0 (off) or positive, got {t.last_every_steps}")
     if d.on_bad_rows not in ("fail", "drop"):

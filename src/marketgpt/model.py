@@ -55,12 +55,56 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: "LayerCache | None" = None) -> torch.Tensor:
         B, T, D = x.shape
         H = self.num_heads
         q, k, v = (a.view(B, T, H, D // H).transpose(1, 2) for a in self.qkv(x).split(D, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        causal = True
+        if cache is not None:
+            if T > 1 and cache.length:
+                raise ValueError("a KV cache takes a whole prompt when empty, then one position at a time")
+            k, v = cache.append(k, v)
+            causal = T > 1      # one new position attends to every cached one
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+
+
+class LayerCache:
+    """Keys and values (B, H, context_length, d_head) of one layer, filled up to `length`.
+
+    Buffers are allocated once at the full context length, so appending a position copies one slice instead of
+    concatenating the whole cache (which would make a path of n steps cost O(n^2) copies)."""
+
+    def __init__(self, batch: int, heads: int, capacity: int, d_head: int, dtype, device):
+        self.k = torch.empty(batch, heads, capacity, d_head, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache full: {end} positions exceed context_length {self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def select(self, index: torch.Tensor) -> "LayerCache":
+        """A new cache whose row i is row index[i] of this one (a prompt's cache shared by all its sample paths)."""
+        out = LayerCache.__new__(LayerCache)
+        out.k, out.v, out.length = self.k.index_select(0, index), self.v.index_select(0, index), self.length
+        return out
+
+
+class KVCache(list):
+    """One LayerCache per block; `length` positions cached."""
+
+    @property
+    def length(self) -> int:
+        return self[0].length if self else 0
+
+    def select(self, index: torch.Tensor) -> "KVCache":
+        return KVCache(layer.select(index) for layer in self)
 
 
 class MLP(nn.Module):
@@ -80,13 +124,16 @@ class Block(nn.Module):
         self.ln1, self.attn = nn.LayerNorm(cfg.d_model), CausalSelfAttention(cfg)
         self.ln2, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
 class MarketGPT(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_channels: int, num_assets: int, num_categories: int):
+    def __init__(self, cfg: ModelConfig, num_channels: int, num_assets: int, num_categories: int,
+                 unknown: bool = False):
+        """unknown: one extra row in the asset and the category table, ids num_assets and num_categories, for assets
+        and categories the run never saw. The trainer fills them by asset dropout (training.asset_dropout)."""
         super().__init__()
         if num_channels < 1 or num_assets < 1 or num_categories < 1:
             raise ValueError(f"need num_channels, num_assets, num_categories >= 1, "
@@ -94,12 +141,14 @@ class MarketGPT(nn.Module):
         if cfg.d_model % cfg.num_heads:
             raise ValueError(f"d_model ({cfg.d_model}) must be divisible by num_heads ({cfg.num_heads})")
         self.cfg, self.num_channels = cfg, num_channels
+        self.unknown_asset = num_assets if unknown else None
+        self.unknown_category = num_categories if unknown else None
         C, V, D = num_channels, cfg.vocab_size, cfg.d_model
         # Embedding tables: channel k's token v is row k*V + v of one table.
         self.tok_emb = nn.Embedding(C * V, D)
         self.cond_emb = nn.Embedding((C - 1) * V, D) if C > 1 else None   # channel C-1 never conditions anything
-        self.asset_emb = nn.Embedding(num_assets, cfg.asset_embed_dim)
-        self.category_emb = nn.Embedding(num_categories, cfg.category_embed_dim)
+        self.asset_emb = nn.Embedding(num_assets + unknown, cfg.asset_embed_dim)
+        self.category_emb = nn.Embedding(num_categories + unknown, cfg.category_embed_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, D)
         self.register_buffer("offsets", torch.arange(C) * V, persistent=False)
         self.meta_proj = nn.Linear(cfg.asset_embed_dim + cfg.category_embed_dim, D)
@@ -125,22 +174,36 @@ class MarketGPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     # --- trunk ------------------------------------------------------------------------------------
-    def hidden(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """Final-LayerNorm hidden states (B, T, d_model) of candles tokens (B, T, C); h[:, t] sees candles <= t."""
+    def hidden(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """Final-LayerNorm hidden states (B, T, d_model) of candles tokens (B, T, C); h[:, t] sees candles <= t.
+
+        With a KV cache (see new_cache) the tokens continue the cached ones: an empty cache takes a whole prompt,
+        after that one candle per call, at position cache.length."""
         B, T, C = tokens.shape
-        if T > self.cfg.context_length:
-            raise ValueError(f"sequence length {T} exceeds context_length {self.cfg.context_length}")
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.context_length:
+            raise ValueError(f"sequence length {start + T} exceeds context_length {self.cfg.context_length}")
         if C != self.num_channels:
             raise ValueError(f"tokens have {C} channels, the model {self.num_channels}")
         meta = self.meta_proj(torch.cat([self.asset_emb(asset), self.category_emb(category)], dim=-1))   # (B, D)
-        x = self.tok_emb(tokens + self.offsets).sum(2) + self.pos_emb.weight[:T] + meta[:, None]
+        x = self.tok_emb(tokens + self.offsets).sum(2) + self.pos_emb.weight[start:start + T] + meta[:, None]
         x = self.drop(x)
-        for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, cache[i])
+            elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
         return self.ln_f(x)
+
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to context_length candles, in the weights' dtype."""
+        w = self.tok_emb.weight
+        H = self.cfg.num_heads
+        return KVCache(LayerCache(batch, H, self.cfg.context_length, self.cfg.d_model // H, w.dtype, w.device)
+                       for _ in self.blocks)
 
     # --- conditional heads -------------------------------------------------------------------------
     def channel_logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -157,6 +220,15 @@ class MarketGPT(nn.Module):
             z = z + F.pad(e.cumsum(2), (0, 0, 1, 0))                             # exclusive cumsum: (B, T, n, D)
         z = self.ln_head(z)
         return torch.einsum("btcd,cdv->btcv", z, self.head[:n])
+
+    def next_channel_logits(self, h: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of channel k = previous.shape[1] of the next candle, from the last hidden states h (B, D)
+        and that candle's channels 0..k-1 (B, k): the generation step of channel_logits, one channel at a time."""
+        k = previous.shape[1]
+        z = h
+        if k:
+            z = z + self.cond_emb(previous + self.offsets[:k]).sum(1)
+        return self.ln_head(z) @ self.head[k]
 
     def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
                 targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
@@ -178,36 +250,6 @@ class MarketGPT(nn.Module):
         if mask is None:
             return logits, ce.mean()
         return logits, (ce * mask).sum() / (mask.sum().clamp(min=1) * self.num_channels)
-
-    # --- generation -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample_next(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor, temperature: float = 1.0,
-                    top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample the candle (B, C) after tokens (B, T, C), channel by channel (close first), each channel conditioned
-        on those sampled before it. temperature 0 gives the argmax of each channel (greedy). The context is cropped
-        to the last context_length candles (no KV cache: each call runs the trunk over the whole context). A generator
-        must live on the model's device. Runs in eval mode and restores the previous mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            h = self.hidden(tokens[:, -self.cfg.context_length:], asset, category)[:, -1:]   # (B, 1, D)
-            out = tokens.new_empty(tokens.shape[0], 1, 0)
-            for k in range(self.num_channels):
-                logits = self.channel_logits(h, out)[:, 0, k].float()                      # (B, V)
-                out = torch.cat([out, _sample(logits, temperature, top_k, generator).view(-1, 1, 1)], dim=2)
-        finally:
-            self.train(was_training)
-        return out[:, 0]
-
-    @torch.no_grad()
-    def generate(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor, steps: int,
-                 temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append `steps` sampled candles to tokens (B, T, C): returns (B, T + steps, C)."""
-        for _ in range(steps):
-            nxt = self.sample_next(tokens, asset, category, temperature, top_k, generator)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        return tokens
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def embedding_tables(self) -> list[nn.Embedding]:
@@ -237,19 +279,6 @@ class MarketGPT(nn.Module):
                      and (devices == {"cuda"} or (fused is True and devices <= {"cuda", "cpu"})))
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if use_fused else {}))
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
-            generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of logits (B, V): argmax at temperature 0, else a draw from softmax(logits / temperature)
-    restricted to the top_k largest logits (ties with the k-th kept)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
 def flops_per_token(cfg: ModelConfig, n_params_non_embedding: int) -> float:

@@ -482,27 +482,38 @@ class CandleTokenizer:
         `prev_close` array (m,): row i uses prev_close[i] (one-step decoding). Volume tokens carry no
         price and are ignored here. A path whose cumulative move leaves the float64 range raises.
         """
+        tokens = self._check_tokens(tokens)
+        pc = np.asarray(prev_close, dtype=np.float64)
+        if pc.ndim == 0:
+            return self.decode_paths(tokens[None], pc)[0]
+        if pc.shape != (tokens.shape[0],):
+            raise MarketGPTError(f"prev_close must be a scalar or have shape ({tokens.shape[0]},), got {pc.shape}")
+        return self.decode_paths(tokens[:, None], pc)[:, 0]
+
+    def decode_paths(self, tokens: np.ndarray, prev_close) -> np.ndarray:
+        """Token paths (n, h, num_channels) -> (n, h, 4) float64 candles [open, high, low, close]: path i starts
+        from prev_close (a scalar, or one value per path), each decoded close being the next candle's Cp."""
+        self._check_fitted()
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 3:
+            raise MarketGPTError(f"token paths must have shape (n, h, {self.num_channels}), got {tokens.shape}")
+        n, h, c = tokens.shape
+        pc = np.asarray(prev_close, dtype=np.float64)
+        if pc.ndim == 0:
+            pc = np.full(n, float(pc))
+        elif pc.shape != (n,):
+            raise MarketGPTError(f"prev_close must be a scalar or have shape ({n},), got {pc.shape}")
+        if not (np.isfinite(pc).all() and (pc > 0).all()):
+            raise MarketGPTError(f"prev_close must be finite and > 0, got {prev_close!r}")
         with np.errstate(over="ignore", under="ignore"):  # checked below
-            f = self.decode_features(tokens)
-            m = f.shape[0]
-            growth = np.exp(f[:, 0])
-            pc = np.asarray(prev_close, dtype=np.float64)
-            if pc.ndim == 0:
-                if not (np.isfinite(pc) and pc > 0):
-                    raise MarketGPTError(f"prev_close must be finite and > 0, got {prev_close!r}")
-                # cumprod keeps each step's ratio C_k / C_{k-1} exact to one rounding
-                path = np.cumprod(np.concatenate([[float(pc)], growth]))
-                cp, close = path[:-1], path[1:]
-            else:
-                if pc.shape != (m,):
-                    raise MarketGPTError(f"prev_close must be a scalar or have shape ({m},), got {pc.shape}")
-                if not (np.isfinite(pc).all() and (pc > 0).all()):
-                    raise MarketGPTError("prev_close values must be finite and > 0")
-                cp, close = pc, pc * growth
-            open_ = cp * np.exp(f[:, 1])
-            high = np.maximum(open_, close) * np.exp(f[:, 2])
-            low = np.minimum(open_, close) / np.exp(f[:, 3])
-            out = np.stack([open_, high, low, close], axis=1)
+            f = self.decode_features(tokens.reshape(n * h, c)).reshape(n, h, c)
+            # cumprod keeps each step's ratio C_k / C_{k-1} exact to one rounding
+            path = np.cumprod(np.concatenate([pc[:, None], np.exp(f[..., 0])], axis=1), axis=1)
+            cp, close = path[:, :-1], path[:, 1:]
+            open_ = cp * np.exp(f[..., 1])
+            high = np.maximum(open_, close) * np.exp(f[..., 2])
+            low = np.minimum(open_, close) / np.exp(f[..., 3])
+            out = np.stack([open_, high, low, close], axis=-1)
         if not (np.isfinite(out).all() and (out > 0).all()):
             raise MarketGPTError("decoded prices leave the float64 range (path too long or prev_close too extreme)")
         return out

@@ -23,14 +23,22 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import __version__
 from .baselines import unigram_nll
 from .checkpoint import load_checkpoint, save_atomic, write_json
-from .config import Config, from_dict, read_json
+from .config import Config, read_json
 from .dataset import TokenStore, gather_sequences, make_windows, prepare_dataset
-from .distributed import (Dist, all_gather_objects, all_sum, barrier, broadcast_object, gradient_group, init_distributed,
-                          shutdown)
+from .distributed import (
+    Dist,
+    all_gather_objects,
+    all_sum,
+    barrier,
+    broadcast_object,
+    gradient_group,
+    init_distributed,
+    shutdown,
+)
 from .errors import MarketGPTError
 from .model import MarketGPT
 from .progress import is_terminal
-from .tokenizer import CandleTokenizer
+from .run import has_unknown_rows, read_run_config
 
 REQUEUE_EXIT_CODE = 3  # the trainer saved a checkpoint on a signal and wants to be started again
 STOP_CHECK_EVERY = 10  # distributed ranks compare their stop flags every this many steps (each check waits for the device)
@@ -84,7 +92,9 @@ def count_targets(windows: np.ndarray, context_length: int) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, d: Dist, log=print):
+    def __init__(self, cfg: Config, run_dir: Path, d: Dist, log=print, unknown: bool = True):
+        """unknown: the model has the unknown-asset and unknown-category rows (False only to resume a run from
+        before they existed)."""
         self.cfg, self.run_dir, self.d, self.log = cfg, run_dir, d, log
         self.store = TokenStore.load(run_dir / "tokens")
         T = cfg.model.context_length
@@ -92,7 +102,7 @@ class Trainer:
         self.val_windows = make_windows(self.store, "val", T)
         self.categories = torch.as_tensor(self.store.category_ids)
         self.model = MarketGPT(cfg.model, self.store.tokens.shape[1], len(self.store.symbols),
-                               len(self.store.category_names)).to(d.device)
+                               len(self.store.category_names), unknown=unknown).to(d.device)
         self.model.gradient_checkpointing = cfg.training.gradient_checkpointing
         # The fused AdamW kernel on CUDA and on CPU (see configure_optimizer).
         self.optimizer = self.model.configure_optimizer(cfg.training.weight_decay, cfg.training.learning_rate, fused=True)
@@ -109,11 +119,29 @@ class Trainer:
         self.stopped = False   # this process saved last.pt on a stop signal and returned before the end
 
     # --- batches -------------------------------------------------------------------------------
-    def batch(self, windows: np.ndarray):
+    def hidden_ids(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Asset dropout for the n windows of the current global batch: (asset hidden, category hidden) masks, or
+        None without asset dropout.
+
+        A hidden asset is fed as the unknown asset, and a share category_dropout of those also as the unknown
+        category, so both rows are trained on every kind of series and a new ticker gets a trained embedding. The
+        draw depends on the seed and the global step only: the same on every rank and after a resume."""
+        t = self.cfg.training
+        if self.model.unknown_asset is None or t.asset_dropout == 0:
+            return None
+        u = np.random.default_rng([t.seed, 1, self.state.global_step]).random((2, n))
+        asset = u[0] < t.asset_dropout
+        return asset, asset & (u[1] < t.category_dropout)
+
+    def batch(self, windows: np.ndarray, hidden: tuple[np.ndarray, np.ndarray] | None = None):
         seq, mask, asset = gather_sequences(self.store, windows, self.cfg.model.context_length)
         asset_t = torch.from_numpy(asset)
+        category = self.categories[asset_t]
+        if hidden is not None:
+            asset_t = torch.where(torch.from_numpy(hidden[0]), self.model.unknown_asset, asset_t)
+            category = torch.where(torch.from_numpy(hidden[1]), self.model.unknown_category, category)
         # inputs and targets are two views of one (B, T+1, C) tensor: one copy to the device instead of two
-        host = [torch.from_numpy(seq), torch.from_numpy(mask), asset_t, self.categories[asset_t]]
+        host = [torch.from_numpy(seq), torch.from_numpy(mask), asset_t, category]
         if self.d.device.type == "cuda":
             # Pinned host memory makes the copies asynchronous: the host prepares the next batch while the device
             # still runs this step (a copy from pageable memory waits for the device first).
@@ -137,7 +165,10 @@ class Trainer:
         batch. Returns this rank's [loss sum, targets, correct per channel] as a float64 tensor on the device: the
         host never waits for the device inside a step, so on a GPU it prepares the next batch meanwhile."""
         local = global_windows[self.d.rank::self.d.world_size]
-        x, y, mask, asset, category = self.batch(local)
+        hidden = self.hidden_ids(len(global_windows))
+        if hidden is not None:
+            hidden = tuple(m[self.d.rank::self.d.world_size] for m in hidden)
+        x, y, mask, asset, category = self.batch(local, hidden)
         T = self.cfg.model.context_length
         n_global, n_local = count_targets(global_windows, T), count_targets(local, T)
         for group in self.optimizer.param_groups:
@@ -361,7 +392,10 @@ def write_run_files(cfg: Config, run_dir: Path, d: Dist) -> None:
                **{f"{name}_rows": int((store.split[rows[sym][0]:rows[sym][1]] == k).sum())
                   for k, name in enumerate(("train", "val", "test"))}}
               for i, sym in enumerate(store.symbols)]
-    write_json({"assets": assets, "categories": store.category_names}, run_dir / "asset_info.json")
+    write_json({"assets": assets, "categories": store.category_names,
+                "unknown": {"asset_id": len(store.symbols), "category_id": len(store.category_names),
+                            "asset_dropout": cfg.training.asset_dropout,
+                            "category_dropout": cfg.training.category_dropout}}, run_dir / "asset_info.json")
     write_json({"split": split.to_dict(), "token_rows": int(len(store.tokens)), "windows": windows,
                 "channels": prepared.tokenizer.channels, "context_length": T,
                 "skipped_assets": [s for s in prepared.universe.symbol if s not in rows]}, run_dir / "data_info.json")
@@ -384,15 +418,6 @@ def start_run_dir(cfg: Config, run_dir: str | Path | None, d: Dist) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run_dir
-
-
-def read_run_config(run_dir: Path) -> Config:
-    path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise MarketGPTError(f"{run_dir}: run directory not found")
-    if not path.exists():
-        raise MarketGPTError(f"{run_dir}: not a run directory (no config.json)")
-    return from_dict(read_json(path, "run config"), str(path))
 
 
 def device_line(d: Dist) -> str:
@@ -424,12 +449,17 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
             barrier(d)
         torch.manual_seed(cfg.training.seed + d.rank)
         say(device_line(d))
-        trainer = Trainer(cfg, run_dir, d, say)
+        ckpt = None
         if resume:
             last = run_dir / "last.pt"
             if not last.exists():
                 raise MarketGPTError(f"{run_dir}: nothing to resume (no last.pt)")
-            trainer.restore(load_checkpoint(last, map_location=d.device))
+            ckpt = load_checkpoint(last, map_location=d.device)
+        symbols = read_json(run_dir / "tokens" / "assets.json", "token store index")["symbols"]
+        unknown = ckpt is None or has_unknown_rows(ckpt["model"], len(symbols))
+        trainer = Trainer(cfg, run_dir, d, say, unknown=unknown)
+        if ckpt is not None:
+            trainer.restore(ckpt)
             say(f"Resumed {run_dir} in epoch {trainer.state.epoch + 1} after step {trainer.state.step}")
         m = trainer.model
         say(f"Parameters: {m.num_parameters():,} total, {m.num_parameters(non_embedding=True):,} non-embedding")

@@ -1,0 +1,58 @@
+"""The model's one-step predictive density of the close-to-close log return, read off the close head.
+
+The close head's probabilities are spread uniformly over each bin's width, and the two open-ended outer bins get the
+exponential tails of TAIL_RULE. Evaluation scores this density (NLL, CRPS, PIT) and the forecaster reads its
+quantiles, so both use this one definition.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import MarketGPTError
+
+TAIL_RULE = ("each open-ended outer bin of the close channel gets an exponential tail hanging off its finite edge, "
+             "whose median distance from the edge equals the training median's distance in that bin (the bin's "
+             "decode value): scale s = d / ln 2, at least the width of the neighbouring inner bin")
+
+
+
+
+class CloseDensity:
+    """Piecewise-uniform density over the close channel's bins with exponential outer tails (TAIL_RULE)."""
+
+    def __init__(self, inner_edges, values):
+        import numpy as np
+
+        e = np.asarray(inner_edges, dtype=np.float64)
+        v = np.asarray(values, dtype=np.float64)
+        if e.ndim != 1 or v.shape != (e.size + 1,) or e.size < 1:
+            raise MarketGPTError(f"close bins: expected V-1 edges and V values, got {e.shape} and {v.shape}")
+        self.edges = np.concatenate([[-np.inf], e, [np.inf]])
+        floor_lo = e[1] - e[0] if e.size > 1 else 1e-8
+        floor_hi = e[-1] - e[-2] if e.size > 1 else 1e-8
+        self.tail_scale = (max((e[0] - v[0]) / math.log(2), floor_lo), max((v[-1] - e[-1]) / math.log(2), floor_hi))
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "CloseDensity":
+        return cls(tokenizer.bin_edges("close"), tokenizer.bin_values("close"))
+
+    def nll(self, probs, y):
+        from .metrics import binned_nll
+        return binned_nll(probs, self.edges, y, self.tail_scale)
+
+    def crps(self, probs, y):
+        from .metrics import binned_crps
+        return binned_crps(probs, self.edges, y, self.tail_scale)
+
+    def cdf(self, probs, y):
+        from .metrics import binned_cdf
+        return binned_cdf(probs, self.edges, y, self.tail_scale)
+
+    def ppf(self, probs, q):
+        from .metrics import binned_ppf
+        return binned_ppf(probs, self.edges, q, self.tail_scale)
+
+
+def close_density(tokenizer) -> CloseDensity:
+    return CloseDensity.from_tokenizer(tokenizer)

@@ -1,0 +1,262 @@
+"""One-step scoring: every target of a split scored once, token metrics per channel against unigram and
+persistence, and the close return's density against a Gaussian random walk and GARCH(1,1)-t."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ..density import TAIL_RULE, CloseDensity
+from ..errors import MarketGPTError
+
+SPLITS = ("test", "val")
+
+
+COVERAGE_LEVELS = (0.8, 0.5)
+
+
+PIT_BINS = 10
+
+
+BASELINES = ("random_walk", "garch_t")
+
+
+BASELINE_NAMES = {"random_walk": "RW", "garch_t": "GARCH-t"}
+
+
+TOKEN_BASELINES = ("unigram", "unigram_per_asset", "persistence")
+#: multi-horizon evaluation defaults (see multi_horizon.py)
+DEFAULT_HORIZONS = (1, 5, 21)
+DEFAULT_EVERY = 21
+DEFAULT_SAMPLES = 100
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise MarketGPTError(f"--split must be 'test' or 'val', got '{split}'")
+    return split
+
+
+def score_model(model, store, windows, context_length: int, density: CloseDensity, returns, batch_size: int = 32,
+                device=None) -> dict:
+    """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows
+    and score every target once. Per scored target (arrays in row order): row, nll (n, C) and hit (n, C) per
+    channel (token level), and for the close return y: nll, crps, pit = F(y), p_up = P(y > 0)."""
+    import numpy as np
+    import torch
+
+    from ..dataset import gather
+
+    if device is None:
+        params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+        device = params.device if params is not None else torch.device("cpu")
+    device = torch.device(device)
+    categories = torch.as_tensor(store.category_ids)
+    offsets = np.arange(1, context_length + 1)
+    parts: dict[str, list] = {k: [] for k in ("row", "nll", "hit", "ret_nll", "ret_crps", "pit", "p_up")}
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch_size):
+            w = windows[i:i + batch_size]
+            x, y, mask, asset = gather(store, w, context_length)
+            asset_t = torch.from_numpy(asset)
+            xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            logits, _ = model(xt, asset_t.to(device), categories[asset_t].to(device), yt)
+            m = torch.from_numpy(mask).to(device)
+            lg = logits[m].float()                                              # (n, C, V)
+            tg = yt[m]                                                          # (n, C)
+            logp = torch.log_softmax(lg, dim=-1)
+            parts["nll"].append((-logp.gather(-1, tg.unsqueeze(-1)).squeeze(-1)).double().cpu().numpy())
+            parts["hit"].append((lg.argmax(-1) == tg).cpu().numpy())
+            probs = torch.softmax(lg[:, 0].double(), dim=-1).cpu().numpy()      # close head: context only
+            rows = (w[:, :1] + offsets)[mask]
+            yv = returns[rows]
+            parts["row"].append(rows)
+            parts["ret_nll"].append(density.nll(probs, yv))
+            parts["ret_crps"].append(density.crps(probs, yv))
+            parts["pit"].append(density.cdf(probs, yv))
+            parts["p_up"].append(1.0 - density.cdf(probs, np.zeros(len(yv))))
+    out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    order = np.argsort(out["row"], kind="stable")
+    return {k: v[order] for k, v in out.items()}
+
+
+def token_baselines(store, rows, vocab_size: int) -> tuple[dict, list]:
+    """{name: (nll (n, C), hit (n, C))} for the token-level baselines on `rows`, and persistence's weights."""
+    from ..baselines import persistence_scores, persistence_weight, unigram_probs, unigram_scores
+
+    uni = unigram_probs(store, vocab_size)
+    weight = persistence_weight(store, vocab_size, uni)
+    return ({"unigram": unigram_scores(store, rows, vocab_size, probs=uni),
+             "unigram_per_asset": unigram_scores(store, rows, vocab_size, per_asset=True),
+             "persistence": persistence_scores(store, rows, vocab_size, weight=weight, unigram=uni)},
+            [float(x) for x in weight])
+
+
+def return_baselines(store, returns) -> tuple[dict, dict]:
+    """Per store row, the baselines' NLL/CRPS/PIT columns for the close return, and GARCH fits per asset."""
+    import numpy as np
+
+    from .. import metrics as M
+    from ..baselines import garch_t, random_walk
+
+    split, asset = np.asarray(store.split), np.asarray(store.asset)
+    n_assets = len(store.symbols)
+    cols = {}
+    loc, scale = random_walk(returns, split, asset, n_assets)
+    ok = np.isfinite(scale)
+    for name, fn in (("nll", M.gaussian_nll), ("crps", M.gaussian_crps), ("pit", M.gaussian_cdf)):
+        col = np.full(len(returns), np.nan)
+        col[ok] = fn(returns[ok], loc[ok], scale[ok])
+        cols[f"random_walk_{name}"] = col
+    loc, scale, df, fits = garch_t(returns, split, asset, n_assets)
+    ok = np.isfinite(scale)
+    for name, fn in (("nll", M.student_t_nll), ("crps", M.student_t_crps), ("pit", M.student_t_cdf)):
+        col = np.full(len(returns), np.nan)
+        col[ok] = fn(returns[ok], loc[ok], scale[ok], df[ok])
+        cols[f"garch_t_{name}"] = col
+    garch = {store.symbols[a]: p for a, p in fits.items()}
+    return cols, garch
+
+
+def _mean(x) -> float:
+    import numpy as np
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()) if x.size else float("nan")
+
+
+def return_block(df) -> dict:
+    """Metrics of the close return over the rows of `df` (one group: all, a category or an asset)."""
+    import numpy as np
+
+    from .. import metrics as M
+
+    y = df["y"].to_numpy()
+    block = {"n": int(len(df)), "model": {"nll": _mean(df["model_nll"]), "crps": _mean(df["model_crps"])}}
+    pit = df["model_pit"].to_numpy()
+    for level in COVERAGE_LEVELS:
+        block["model"][f"coverage_{round(100 * level)}"] = M.coverage(pit, level)
+    block["model"]["pit_histogram"] = M.pit_histogram(pit, PIT_BINS).tolist()
+    block["skill"], block["dm"] = {}, {}
+    for b in BASELINES:
+        ok = df[f"{b}_nll"].notna().to_numpy()
+        sub = df[ok]
+        bb = {"n": int(ok.sum()), "nll": _mean(sub[f"{b}_nll"]), "crps": _mean(sub[f"{b}_crps"])}
+        for level in COVERAGE_LEVELS:
+            bb[f"coverage_{round(100 * level)}"] = M.coverage(sub[f"{b}_pit"].to_numpy(), level)
+        bb["pit_histogram"] = M.pit_histogram(sub[f"{b}_pit"].to_numpy(), PIT_BINS).tolist() if len(sub) else None
+        block[b] = bb
+        model_nll, model_crps = _mean(sub["model_nll"]), _mean(sub["model_crps"])
+        block["skill"][f"nll_vs_{b}"] = bb["nll"] - model_nll if len(sub) else float("nan")
+        block["skill"][f"crps_vs_{b}"] = 1.0 - model_crps / bb["crps"] if len(sub) and bb["crps"] > 0 else float("nan")
+        d = (sub["model_nll"] - sub[f"{b}_nll"]).groupby(sub["date"]).mean().sort_index().to_numpy()
+        block["dm"][f"vs_{b}"] = M.diebold_mariano(d, np.zeros_like(d)).to_dict()
+    up_pred = df["p_up"].to_numpy() > 0.5
+    hits = int((up_pred == (y > 0)).sum())
+    lo, hi = M.wilson_interval(hits, len(y))
+    block["direction"] = {"hit_rate": hits / len(y) if len(y) else float("nan"), "wilson_95": [lo, hi],
+                          "always_up": float((y > 0).mean()) if len(y) else float("nan"),
+                          "predicted_up_share": float(up_pred.mean()) if len(y) else float("nan")}
+    return block
+
+
+def summarize(store, scores: dict, returns, split: str, vocab_size: int, channels: list[str], log=print) -> dict:
+    """The results dict (without run metadata) from the model's per-target scores."""
+    import numpy as np
+    import pandas as pd
+
+    rows = scores["row"]
+    C = len(channels)
+    results: dict = {"split": split, "targets": int(len(rows))}
+    # --- token level, per channel ---
+    t0 = time.time()
+    tok, weight = token_baselines(store, rows, vocab_size)
+    model_nll = scores["nll"].mean(0) if len(rows) else np.full(C, np.nan)
+    model_acc = scores["hit"].mean(0) if len(rows) else np.full(C, np.nan)
+    results[f"{split}_loss"] = float(model_nll.mean())
+    results[f"{split}_accuracy"] = float(model_acc.mean())
+    results["unigram_loss"] = float(tok["unigram"][0].mean()) if len(rows) else float("nan")
+    results["channels"] = {}
+    for c, name in enumerate(channels):
+        entry = {"model": {"nll": float(model_nll[c]), "accuracy": float(model_acc[c])}}
+        for b in TOKEN_BASELINES:
+            nll, hit = tok[b]
+            entry[b] = {"nll": _mean(nll[:, c]), "accuracy": _mean(hit[:, c])}
+        results["channels"][name] = entry
+    results["persistence_weight"] = dict(zip(channels, weight))
+    # --- the close return ---
+    t1 = time.time()
+    cols, garch = return_baselines(store, returns)
+    asset = np.asarray(store.asset)[rows]
+    df = pd.DataFrame({"row": rows, "asset": asset, "date": store.dates[rows], "y": returns[rows],
+                       "model_nll": scores["ret_nll"], "model_crps": scores["ret_crps"], "model_pit": scores["pit"],
+                       "p_up": scores["p_up"], **{k: v[rows] for k, v in cols.items()}})
+    df["symbol"] = np.asarray(store.symbols, dtype=object)[asset]
+    df["category"] = np.asarray(store.categories, dtype=object)[asset]
+    ret: dict = {"overall": return_block(df), "per_category": {}, "per_asset": {}}
+    for cat, sub in df.groupby("category", sort=True):
+        ret["per_category"][cat] = return_block(sub)
+    for symbol in store.symbols:
+        sub = df[df.symbol == symbol]
+        if not len(sub):
+            continue
+        block = return_block(sub)
+        block["category"] = store.categories[store.symbols.index(symbol)]
+        g = block["garch_t"]
+        block["beats_garch_t_nll"] = bool(block["model"]["nll"] < g["nll"]) if g["n"] else None
+        fit = garch[symbol]
+        block["garch_t_params"] = (None if "unusable" in fit else
+                                   {k: fit[k] for k in ("mu", "omega", "alpha", "beta", "nu", "convergence_flag", "n_train")})
+        block["garch_t_unusable"] = fit.get("unusable")
+        ret["per_asset"][symbol] = block
+    compared = [b for b in ret["per_asset"].values() if b["beats_garch_t_nll"] is not None]
+    wins = sum(b["beats_garch_t_nll"] for b in compared)
+    results["returns"] = ret
+    results["headline"] = {
+        "assets_beating_garch_t_nll": int(wins), "assets_with_garch_t": len(compared),
+        "share_beating_garch_t_nll": wins / len(compared) if compared else float("nan"),
+        "nll_skill_vs_garch_t": ret["overall"]["skill"]["nll_vs_garch_t"],
+        "crps_skill_vs_garch_t": ret["overall"]["skill"]["crps_vs_garch_t"],
+        "nll_skill_vs_random_walk": ret["overall"]["skill"]["nll_vs_random_walk"],
+        "crps_skill_vs_random_walk": ret["overall"]["skill"]["crps_vs_random_walk"],
+    }
+    results["definitions"] = {
+        "loss": "mean cross-entropy over channels and targets (nats per token), as in training",
+        "return": "close-to-close log return ln(C_t/C_{t-1}); NLL in nats per day and CRPS in log-return units",
+        "tail_rule": TAIL_RULE,
+        "nll_skill": "mean NLL of the baseline - mean NLL of the model on the days where the baseline exists "
+                     "(nats per day; > 0: the model is better)",
+        "crps_skill": "1 - mean CRPS of the model / mean CRPS of the baseline (> 0: the model is better)",
+        "dm": "Diebold-Mariano on d = NLL_model - NLL_baseline averaged over the group's assets per date; "
+              "Newey-West HAC, lag floor(4 (n/100)^(2/9)); two-sided normal p-value; < 0: the model is better",
+        "direction": "up when P(y > 0) > 0.5 under the model; hit when up matches y > 0; Wilson 95% interval",
+        "coverage": "share of days with y inside the central 80% / 50% interval (PIT within [0.1, 0.9] / [0.25, 0.75])",
+        "persistence": "point forecast: previous candle's token; NLL of lambda * point mass + (1 - lambda) * "
+                       "training unigram, lambda per channel fitted on the training period (persistence_weight)",
+        "random_walk": "per asset N(mean, std) of its training-period close returns",
+        "garch_t": "per asset GARCH(1,1) with standardized Student-t errors and constant mean on 100 x the "
+                   "training-period returns (arch); parameters fixed, variance run forward over later days with "
+                   "realised past returns only (no refit on val/test)",
+    }
+    log(f"scored baselines in {time.time() - t0:.1f}s (GARCH and random walk {time.time() - t1:.1f}s)")
+    return results
+
+
+def json_safe(obj):
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def results_name(split: str) -> str:
+    return f"{check_split(split)}_results.json"

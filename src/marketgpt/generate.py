@@ -1,0 +1,162 @@
+"""Sampling candle paths from a MarketGPT: channel by channel, with a KV cache, many paths of many assets per batch.
+
+**Context windows.** The position embedding is learned for positions 0..context_length-1 (T), so a path cannot slide
+one candle at a time past T with a cache: every cached key was computed at its old position. The scheme here:
+the prompt is the last `T - min(horizon - 1, stride)` candles of the history (stride = T // 2), so a horizon of up to
+stride + 1 steps is generated without ever leaving the window (Case C, T = 128: every horizon up to 65 days). A
+longer path, once the window is full, is re-primed: the cache is rebuilt from the last T - stride candles (the real
+history and the sampled candles so far) at positions 0.. and generation goes on. The model is trained at every
+position of windows that start anywhere in a series, so a window of T - stride candles is one it knows; the context
+never drops below T - stride candles (unless the history is shorter). The uncached path (`use_cache=False`, the
+reference in the tests) runs the trunk over the very same window at every step, so the two agree up to float error.
+
+**Sampling.** Channel k of the next candle is drawn from its head conditioned on the channels drawn before it (close
+first), by inverse CDF: token = #{v : cdf(v) <= u} for a uniform u. The uniforms of an asset's paths come from their
+own generator, seeded by (seed, the prompt's key), drawn as one (num_samples, horizon, channels) array: a path does not
+depend on max_batch, on the device, nor on which other assets are in the request. temperature divides the logits
+(0: argmax); top_p keeps the smallest set of tokens whose probability reaches top_p. The defaults (1.0, None) sample
+the model's density as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .model import MarketGPT
+
+
+@dataclass
+class Prompt:
+    """The token history (n, C) of one asset, its asset and category ids, and a key that seeds its paths."""
+
+    tokens: np.ndarray
+    asset: int
+    category: int
+    key: int
+
+
+def window_plan(available: int, horizon: int, context_length: int) -> tuple[int, int]:
+    """(prompt length, re-prime length): see the module docstring."""
+    stride = max(1, context_length // 2)
+    keep = max(1, context_length - stride)
+    first = max(1, min(available, context_length - min(horizon - 1, stride)))
+    return first, keep
+
+
+def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
+    """One token per row of logits (B, V) by inverse CDF at the uniforms u (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    if top_p is not None and top_p < 1:
+        ranked, order = probs.sort(dim=-1, descending=True)
+        outside = (ranked.cumsum(-1) - ranked) >= top_p      # tokens after the nucleus is complete
+        probs = probs.scatter(-1, order, ranked.masked_fill(outside, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    cdf = probs.cumsum(-1)
+    token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return token.clamp_(max=logits.shape[-1] - 1)
+
+
+def _sample_candle(model: MarketGPT, h: torch.Tensor, u: torch.Tensor, temperature: float,
+                   top_p: float | None) -> torch.Tensor:
+    """The next candle (B, C) after last hidden states h (B, D), channel by channel, uniforms u (B, C)."""
+    out = torch.empty(h.shape[0], 0, dtype=torch.long, device=h.device)
+    for k in range(model.num_channels):
+        token = _draw(model.next_channel_logits(h, out).float(), u[:, k], temperature, top_p)
+        out = torch.cat([out, token[:, None]], dim=1)
+    return out
+
+
+def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, int, int]], first: int, keep: int,
+                 horizon: int, uniforms: dict[int, np.ndarray], temperature: float, top_p: float | None,
+                 use_cache: bool, on_step: Callable[[int], None] | None) -> np.ndarray:
+    """Sample the rows (prompt index, first path, last path) of one chunk, all with prompts of length `first`."""
+    device = model.tok_emb.weight.device
+    T = model.cfg.context_length
+    C = model.num_channels
+    owners = np.concatenate([np.full(b - a, p) for p, a, b in rows])
+    distinct, owner_index = np.unique(owners, return_inverse=True)
+    B = len(owners)
+    seq = torch.empty(B, first + horizon, C, dtype=torch.long, device=device)
+    heads = torch.from_numpy(np.stack([prompts[p].tokens[-first:] for p in distinct]).astype(np.int64)).to(device)
+    seq[:, :first] = heads[torch.from_numpy(owner_index).to(device)]
+    asset = torch.tensor([prompts[p].asset for p in owners], device=device)
+    category = torch.tensor([prompts[p].category for p in owners], device=device)
+    u = torch.from_numpy(np.concatenate([uniforms[p][a:b] for p, a, b in rows])).to(device)   # (B, H, C)
+    index = torch.from_numpy(owner_index).to(device)
+    if use_cache:   # each distinct prompt is encoded once and its cache shared by all its paths
+        d_asset = torch.tensor([prompts[p].asset for p in distinct], device=device)
+        d_category = torch.tensor([prompts[p].category for p in distinct], device=device)
+        cache = model.new_cache(len(distinct))
+        h = model.hidden(heads, d_asset, d_category, cache)[:, -1].index_select(0, index)
+        cache = cache.select(index)
+    else:
+        h = model.hidden(seq[:, :first], asset, category)[:, -1]
+    start, length = 0, first
+    for step in range(horizon):
+        seq[:, length] = _sample_candle(model, h, u[:, step], temperature, top_p)
+        length += 1
+        if on_step is not None:
+            on_step(B)
+        if step == horizon - 1:
+            break
+        reprime = length - start > T
+        if reprime:
+            start = length - keep
+        if not use_cache:
+            h = model.hidden(seq[:, start:length], asset, category)[:, -1]
+        elif reprime:
+            cache = model.new_cache(B)
+            h = model.hidden(seq[:, start:length], asset, category, cache)[:, -1]
+        else:
+            h = model.hidden(seq[:, length - 1:length], asset, category, cache)[:, -1]
+    return seq[:, first:].cpu().numpy()
+
+
+@torch.inference_mode()
+def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samples: int, seed: int = 0,
+                 temperature: float = 1.0, top_p: float | None = None, max_batch: int = 4096, use_cache: bool = True,
+                 on_step: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Token paths (num_samples, horizon, C) int64 for each prompt, in eval mode (the previous mode is restored).
+
+    All paths of all prompts go through the model together, max_batch paths at a time; prompts are grouped by
+    prompt length (see window_plan). on_step(n) is called with the number of candles sampled at each step of a
+    chunk: they add up to len(prompts) * num_samples * horizon."""
+    if horizon < 1 or num_samples < 1 or max_batch < 1:
+        raise ValueError(f"horizon, num_samples and max_batch must be >= 1, got {horizon}, {num_samples}, {max_batch}")
+    T, C = model.cfg.context_length, model.num_channels
+    uniforms = {i: np.random.default_rng([seed, p.key]).random((num_samples, horizon, C)) for i, p in enumerate(prompts)}
+    groups: dict[int, list[int]] = {}
+    keep = window_plan(1, horizon, T)[1]
+    for i, p in enumerate(prompts):
+        if len(p.tokens) < 1:
+            raise ValueError(f"prompt {i} has no tokens")
+        groups.setdefault(window_plan(len(p.tokens), horizon, T)[0], []).append(i)
+    out = {i: np.empty((num_samples, horizon, C), dtype=np.int64) for i in range(len(prompts))}
+    was_training = model.training
+    model.eval()
+    try:
+        for first, members in groups.items():
+            rows = [(p, a, min(a + max_batch, num_samples)) for p in members for a in range(0, num_samples, max_batch)]
+            chunk: list[tuple[int, int, int]] = []
+            filled = 0
+            for p, a, b in rows + [(-1, 0, 0)]:
+                if chunk and (p < 0 or filled + (b - a) > max_batch):
+                    paths = _chunk_paths(model, prompts, chunk, first, keep, horizon, uniforms, temperature, top_p,
+                                         use_cache, on_step)
+                    offset = 0
+                    for q, qa, qb in chunk:
+                        out[q][qa:qb] = paths[offset:offset + qb - qa]
+                        offset += qb - qa
+                    chunk, filled = [], 0
+                if p >= 0:
+                    chunk.append((p, a, b))
+                    filled += b - a
+    finally:
+        model.train(was_training)
+    return [out[i] for i in range(len(prompts))]

@@ -1,0 +1,44 @@
+"""Helpers shared by the test modules (pytest puts this folder on sys.path)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, **kwargs):
+    """`marketgpt ARGS` in a subprocess, one thread, output captured."""
+    return subprocess.run([sys.executable, "-m", "marketgpt.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          **kwargs)
+
+
+def run_dir_of(output: str) -> Path:
+    return Path(re.search(r"Run directory: (\S+)", output).group(1))
+
+
+def small_config(tmp_path: Path, name: str = "tiny", model: dict | None = None, **training) -> Path:
+    """The sample universe with a small model: a few seconds per run on 2 cores."""
+    raw = json.loads((CONFIGS / "sample.json").read_text())
+    raw["name"] = name
+    raw["model"].update(vocab_size=32, context_length=32, d_model=32, num_layers=2, num_heads=2, d_ff=64,
+                        **(model or {}))
+    raw["training"].update({"batch_size": 8, "epochs": 4, "max_steps_per_epoch": 6, "checkpoint_every": 2,
+                            "keep_checkpoints": 1, "checkpoint_dir": str(tmp_path / "checkpoints"), **training})
+    raw["data"]["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def is_png(path: Path) -> bool:
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.ndim == 3 and img.shape[2] in (3, 4) \
+        and img.shape[0] > 100 and img.shape[1] > 100
