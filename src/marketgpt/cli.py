@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
+from .config import POSITIVE, RANGES, bounded
 from .errors import MarketGPTError
 
 
@@ -56,14 +58,16 @@ def _universe_candles(args):
 
 
 def cmd_tokenizer_fit(args) -> int:
+    from .config import writable_file
     from .data import time_split
     from .dataset import fit_tokenizer
     from .tokenizer import format_inspection, inspect_tokenizer
 
+    out = writable_file(args.output or f"tokenizer_{Path(args.universe).stem.lower()}_{args.vocab_size}.json",
+                        "tokenizer")
     candles = _universe_candles(args)
     split = time_split(candles, args.train_ratio, args.val_ratio)
     tokenizer = fit_tokenizer(candles, split, args.vocab_size, args.volume)
-    out = args.output or f"tokenizer_{args.universe.lower()}_{args.vocab_size}.json"
     tokenizer.save(out)
     print(f"fitted on {split.counts['train']:,} training candles up to {split.train_end:%Y-%m-%d}; wrote {out}")
     print(format_inspection(inspect_tokenizer(tokenizer, candles)))
@@ -109,7 +113,6 @@ def cmd_train(args) -> int:
     if args.num_gpus > 1 and not os.environ.get("MARKETGPT_LAUNCHED") and "LOCAL_RANK" not in os.environ:
         return launch_local_ddp(args.num_gpus, strip_option(sys.argv[1:], "--num-gpus"))
     from .config import load_config
-    from .train import train
 
     if args.config is None and args.resume is None:
         raise MarketGPTError("train: give a CONFIG file, or --resume RUN_DIR")
@@ -124,6 +127,8 @@ def cmd_train(args) -> int:
         if args.compile:
             overrides.append("training.compile=true")
         cfg = load_config(args.config, overrides)
+    from .train import train   # torch loads in seconds: a mistake in the config is reported before
+
     train(cfg, resume=args.resume, run_dir=args.run_dir)
     return 0
 
@@ -151,22 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     tok_sub = tok.add_subparsers(dest="action", required=True, metavar="ACTION")
     fit = tok_sub.add_parser("fit", help="fit quantile bins on the training split of a cached universe")
     _universe_args(fit)
-    fit.add_argument("--vocab-size", type=int, default=1024, help="bins per channel (default 1024)")
+    fit.add_argument("--vocab-size", type=bounded(int, RANGES["model.vocab_size"]), default=1024,
+                     help="bins per channel, 2 to 65536 (default 1024)")
     fit.add_argument("--volume", action="store_true", help="add the volume channel")
-    fit.add_argument("--train-ratio", type=float, default=0.70)
-    fit.add_argument("--val-ratio", type=float, default=0.15)
+    fit.add_argument("--train-ratio", type=float, default=0.70,
+                     help="share of the candles, oldest first, that the bins are fitted on (default 0.70)")
+    fit.add_argument("--val-ratio", type=float, default=0.15,
+                     help="share after the training period held out for validation (default 0.15); the rest is test")
     fit.add_argument("-o", "--output", help="tokenizer JSON to write (default tokenizer_<case>_<vocab>.json)")
     fit.set_defaults(func=cmd_tokenizer_fit)
     inspect = tok_sub.add_parser("inspect", help="bin ranges and usage per channel; per asset with --case")
     inspect.add_argument("path", help="tokenizer.json (e.g. RUN_DIR/tokenizer.json)")
     inspect.add_argument("--case", "--universe", dest="universe", help="also report per asset on this universe")
-    inspect.add_argument("--provider", default=None)
-    inspect.add_argument("--data-dir", default=None)
+    inspect.add_argument("--provider", default=None, help="provider of the cached candles, as for data download")
+    inspect.add_argument("--data-dir", default=None, help="cache folder (default: $MARKETGPT_DATA or ./data)")
     inspect.set_defaults(func=cmd_tokenizer_inspect)
 
     tr = sub.add_parser("train", help="train a config on CPU, one GPU, or N GPUs with DDP; resume a run")
     tr.add_argument("config", nargs="?", help="config JSON (configs/sample.json, configs/case_a.json, ...)")
-    tr.add_argument("--num-gpus", type=int, default=1,
+    tr.add_argument("--num-gpus", type=bounded(int, POSITIVE), default=1,
                     help="launch N DDP processes on this node with torchrun (CPU processes with gloo when no GPU)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run directory from its last checkpoint")
     tr.add_argument("--run-dir", help="use this run directory (resumes it when it already holds a checkpoint)")
@@ -176,10 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.set_defaults(func=cmd_train)
 
-    from . import cluster, evaluate, forecast_cli
+    from . import cluster, evaluate, forecast_cli, signals
 
     evaluate.add_commands(sub)
     forecast_cli.add_commands(sub)
+    signals.add_commands(sub)
     cluster.add_commands(sub)
     return parser
 
@@ -190,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except MarketGPTError as exc:
         print(f"marketgpt: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # the filesystem refused something no earlier check foresaw (disk full, say)
+        where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        print(f"marketgpt: error: {where or 'file system'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("marketgpt: interrupted", file=sys.stderr)

@@ -27,19 +27,33 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .config import check_text, writable_dir, writable_file
 from .errors import MarketGPTError
 
 JOB_RECORDS = ".slurm_jobs"          # CHECKPOINT_ROOT/.slurm_jobs/<JOBID> holds the run directory of that job
 TIME_PATTERN = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$", re.IGNORECASE)
 MEM_PATTERN = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+SLURM_NAME = re.compile(r"[\w.-]+")            # accounts, GRES types, job names
+SLURM_NAMES = re.compile(r"[\w.-]+(,[\w.-]+)*")  # a partition, or several separated by commas
+PLAIN_PATH = re.compile(r"[\w./~+-]+")          # a path that an #SBATCH line can carry as it is
 
 
 def time_limit_seconds(text: str) -> int | None:
-    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; None if unlimited."""
+    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; None if unlimited.
+
+    Only the leading field may be as large as it likes (90 minutes); the others are clock fields (0:99:99 is no
+    time, and SLURM would read it as something else than was meant)."""
+    if not TIME_PATTERN.match(text):
+        raise MarketGPTError(f"--time {text}: expected D-HH:MM:SS, HH:MM:SS, MM:SS or minutes")
     if text.upper() in ("UNLIMITED", "INFINITE"):
         return None
     days, _, rest = text.rpartition("-")
     parts = [int(p) for p in rest.split(":")]
+    limits = ([24, 60, 60] if days else [None, 60, 60])[:len(parts)]
+    for value, limit in zip(parts, limits):
+        if limit is not None and value >= limit:
+            raise MarketGPTError(f"--time {text}: {value} is not a valid "
+                                 f"{'hour' if limit == 24 else 'minute or second'} (below {limit})")
     if days:
         parts += [0] * (3 - len(parts))                  # D-HH, D-HH:MM
         hours, minutes, seconds = parts
@@ -73,25 +87,33 @@ class SlurmOptions:
     python: str = sys.executable
 
     def check(self) -> None:
+        """Every value is checked before it is written into the script: numbers in range, and each text that
+        becomes an #SBATCH or shell line through `check_text` (no newline, no shell syntax in SLURM names)."""
+        for option, value, pattern, expected in (
+                ("--partition", self.partition, SLURM_NAMES, "partition names separated by commas"),
+                ("--account", self.account, SLURM_NAME, "an account name"),
+                ("--job-name", self.job_name, SLURM_NAME, "letters, digits and . _ -"),
+                ("--gpu-type", self.gpu_type or None, SLURM_NAME, "a GRES type such as a100"),
+                ("--log-dir", self.log_dir, PLAIN_PATH, "a path without spaces"),
+                ("--run-dir", self.run_dir, None, ""), ("--python", self.python, None, ""),
+                *(("--set", text, None, "") for text in self.overrides)):
+            if value is not None:
+                check_text(value, option, pattern, expected)
         if self.nodes < 1:
             raise MarketGPTError(f"--nodes must be at least 1, got {self.nodes}")
         if self.gpus_per_node < 0:
             raise MarketGPTError(f"--gpus-per-node must be 0 (CPU job) or more, got {self.gpus_per_node}")
         if self.cpus_per_gpu < 1 or (self.cpus_per_task is not None and self.cpus_per_task < 1):
             raise MarketGPTError("CPU counts must be positive")
-        if not TIME_PATTERN.match(self.time):
-            raise MarketGPTError(f"--time {self.time}: expected D-HH:MM:SS, HH:MM:SS, MM:SS or minutes")
+        limit = time_limit_seconds(self.time)
         for name, value in (("--mem-per-gpu", self.mem_per_gpu), ("--mem", self.mem)):
             if value is not None and not MEM_PATTERN.match(value):
                 raise MarketGPTError(f"{name} {value}: expected a size like 64G or 500M")
         if self.signal_seconds < 1:
             raise MarketGPTError(f"--signal-seconds must be positive, got {self.signal_seconds}")
-        limit = time_limit_seconds(self.time)
         if limit is not None and limit <= self.signal_seconds:
             raise MarketGPTError(f"--time {self.time} is not longer than --signal-seconds {self.signal_seconds}: "
                                  f"the job would be told to stop as soon as it starts")
-        if not re.fullmatch(r"[\w.-]*", self.gpu_type or ""):
-            raise MarketGPTError(f"--gpu-type {self.gpu_type}: expected a GRES type such as a100")
 
     @property
     def cpus(self) -> int:
@@ -151,7 +173,11 @@ def job_script(cfg_path: str | Path, options: SlurmOptions | None = None, script
     sbatch += [f"--nodes={options.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={options.cpus}"]
     if options.gres:
         sbatch.append(f"--gres={options.gres}")
-    sbatch += [f"--mem={options.memory}", f"--time={options.time}",
+    # SLURM opens the log files before the script runs, relative to the job's working directory: pinning it to
+    # this directory (where write_job_script creates the log folder) makes the script work from any submit folder.
+    workdir = check_text(str(Path.cwd()), "working directory")
+    sbatch += [f"--chdir={workdir}" if PLAIN_PATH.fullmatch(workdir) else f'--chdir="{workdir}"',
+               f"--mem={options.memory}", f"--time={options.time}",
                f"--output={log_dir}/{case}_%j.out", f"--error={log_dir}/{case}_%j.err", "--open-mode=append",
                "--requeue", f"--signal=B:USR1@{options.signal_seconds}"]
     header = "\n".join(f"#SBATCH {line}" for line in sbatch)
@@ -172,8 +198,9 @@ def job_script(cfg_path: str | Path, options: SlurmOptions | None = None, script
 
     return f"""#!/bin/bash
 # MarketGPT training job for case {case}: {options.describe()}.
-# Written by `marketgpt slurm` on {created}. Submit from the directory the log paths are relative to:
-#   cd {q(str(Path.cwd()))} && sbatch {q(str(script))}
+# Written by `marketgpt slurm` on {created}. The job runs in {q(workdir)} (--chdir), which the log and
+# checkpoint paths are relative to, so it can be submitted from any folder:
+#   sbatch {q(str(Path(script).absolute()))}
 # About {options.signal_seconds} s before the time limit SLURM sends SIGUSR1 to this shell; the trainer saves
 # last.pt, the job requeues itself and resumes the same run directory (see docs/cluster.md).
 {header}
@@ -273,8 +300,8 @@ def write_job_script(cfg_path: str | Path, options: SlurmOptions | None = None, 
     options = options or SlurmOptions()
     path = Path(output) if output else default_script_path(cfg_path, options)
     text = job_script(cfg_path, options, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(options.log_dir).mkdir(parents=True, exist_ok=True)
+    writable_file(path, "job script")
+    writable_dir(options.log_dir, "log folder (--log-dir)")
     path.write_text(text)
     path.chmod(0o755)
     return path

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import read_json
+from .config import POSITIVE, check_number, read_json
 from .errors import MarketGPTError
 
 JOB_RECORDS = ".slurm_jobs"   # written by the job scripts of `marketgpt slurm` (see cluster.py)
@@ -177,6 +177,7 @@ def collect(run_dirs: list[str], all_runs: bool, root: str) -> list[dict]:
 
 def status_command(run_dirs: list[str], all_runs: bool = False, root: str = "checkpoints", watch: bool = False,
                    interval: float = 30.0, as_json: bool = False, out=sys.stdout) -> int:
+    check_number(interval, POSITIVE, "status --interval")   # 0 would refresh in a busy loop
     def show() -> None:
         statuses = collect(run_dirs, all_runs, root)
         text = json.dumps(statuses, indent=2) if as_json else format_status(statuses)

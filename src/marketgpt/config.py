@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
+import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,131 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "training": TrainingConfig, "data": DataConfig}
+DATE_FORMAT = "%Y-%m-%d"
+# A value that becomes one component of a path (a run name, a symbol, a file name): no separator, no "..", no
+# leading dash or dot, nothing a shell or an #SBATCH line would read differently.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_^=][A-Za-z0-9._=^-]*$")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one number: finite, from `lo` (exclusive when lo_open) up to `hi` (exclusive when
+    hi_open). The config and the command-line options check every bound through it, so each message has one form."""
+
+    lo: float = 0
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    text: str = ""   # how the message says it, when plainer than the interval ("positive", "0 (off) or positive")
+
+    def __contains__(self, value) -> bool:
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:   # an integer too large for a float
+            return False
+        if not finite or (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        if self.text:
+            return self.text
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+POSITIVE = Range(0, lo_open=True, text="positive")
+FRACTION = Range(0, 1, hi_open=True)          # a share that cannot be everything: [0, 1)
+SHARE = Range(0, 1, lo_open=True, hi_open=True)
+# Every numeric field of the config, by section.key. A test checks that no numeric field is left out.
+RANGES = {
+    **{f"model.{k}": POSITIVE for k in ("context_length", "d_model", "num_layers", "num_heads", "d_ff",
+                                         "asset_embed_dim", "category_embed_dim")},
+    "model.vocab_size": Range(2, 65536, text="in [2, 65536] (tokens are stored as uint16)"),
+    "model.dropout": FRACTION,
+    **{f"training.{k}": POSITIVE for k in ("batch_size", "learning_rate", "epochs", "early_stopping_patience",
+                                            "gradient_clip", "checkpoint_every", "keep_checkpoints")},
+    "training.weight_decay": Range(0),
+    "training.warmup_ratio": FRACTION,
+    "training.min_lr_ratio": Range(0, 1),
+    "training.seed": Range(0, 2**32 - 1, text="an integer in [0, 4294967295]"),
+    "training.last_every_steps": Range(0, text="0 (off) or positive"),
+    "training.max_steps_per_epoch": Range(0, text="0 (the whole epoch) or positive"),
+    "training.asset_dropout": FRACTION,
+    "training.category_dropout": Range(0, 1),
+    **{f"data.{k}": SHARE for k in ("train_ratio", "val_ratio", "test_ratio")},
+}
+
+
+def check_number(value, rng: Range, where: str):
+    if value not in rng:
+        raise MarketGPTError(f"{where} must be {rng}, got {value}")
+    return value
+
+
+def bounded(kind: type, rng: Range):
+    """An argparse `type=`: a number of `kind` inside `rng`, else argparse's one-line usage error naming the option."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'")
+        if value not in rng:
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return value
+
+    return parse
+
+
+def check_date(value: str, where: str) -> str:
+    """A YYYY-MM-DD date, zero-padded (the cache compares dates as strings), or "" for none."""
+    if not value:
+        return ""
+    try:
+        return datetime.strptime(value, DATE_FORMAT).strftime(DATE_FORMAT)
+    except ValueError:
+        raise MarketGPTError(f"{where} '{value}' is not a date; expected YYYY-MM-DD") from None
+
+
+def check_text(value: str, where: str, pattern: re.Pattern | None = None, expected: str = "") -> str:
+    """Every value that becomes a path or a line of a script passes here: no control character (a newline would
+    start a new #SBATCH or shell line), and when given, the whole value matches `pattern`."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value) or (pattern is not None and not pattern.fullmatch(value)):
+        raise MarketGPTError(f"{where} {value!r}: not allowed" + (f"; expected {expected}" if expected else
+                                                                  " (control characters)"))
+    return value
+
+
+def check_name(value: str, where: str) -> str:
+    """A value used as one file or folder name: it can never reach outside the folder it is put in."""
+    return check_text(value, where, NAME_PATTERN, "letters, digits and . _ - ^ = (no path separators, not "
+                                                  "starting with . or -)")
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """Create a folder (with its parents) and prove that it takes files, before any work that would be lost."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MarketGPTError(f"{path}: the {what} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise MarketGPTError(f"{path}: cannot write the {what} there ({exc.strerror or exc})") from None
+    return path
+
+
+def writable_file(path: str | Path, what: str) -> Path:
+    """A file that can be written: not a folder, in a folder that takes files."""
+    path = Path(path)
+    if path.is_dir():
+        raise MarketGPTError(f"{path}: is a folder; give a file name for the {what}")
+    writable_dir(path.parent, f"folder of the {what}")
+    return path
 
 
 def _unknown_key(key: str, known: list[str], where: str) -> MarketGPTError:
@@ -128,31 +257,24 @@ def _assign(cfg: Config, section: str, key: str, value: Any, source: str) -> Non
 
 def _check(cfg: Config, source: str) -> None:
     m, t, d = cfg.model, cfg.training, cfg.data
-    positive = {
-        "model.vocab_size": m.vocab_size, "model.context_length": m.context_length,
-        "model.d_model": m.d_model, "model.num_layers": m.num_layers, "model.num_heads": m.num_heads,
-        "model.d_ff": m.d_ff, "model.asset_embed_dim": m.asset_embed_dim,
-        "model.category_embed_dim": m.category_embed_dim, "training.batch_size": t.batch_size,
-        "training.learning_rate": t.learning_rate, "training.epochs": t.epochs,
-        "training.gradient_clip": t.gradient_clip, "training.checkpoint_every": t.checkpoint_every,
-        "training.keep_checkpoints": t.keep_checkpoints,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise MarketGPTError(f"{source}: {key} must be positive, got {value}")
+    check_name(cfg.name, f"{source}: name")
+    for key, rng in RANGES.items():
+        section, name = key.split(".")
+        check_number(getattr(getattr(cfg, section), name), rng, f"{source}: {key}")
     if m.d_model % m.num_heads:
         raise MarketGPTError(f"{source}: model.d_model ({m.d_model}) must be divisible by model.num_heads ({m.num_heads})")
-    if not 0 <= m.dropout < 1:
-        raise MarketGPTError(f"{source}: model.dropout must be in [0, 1), got {m.dropout}")
     ratios = (d.train_ratio, d.val_ratio, d.test_ratio)
-    if min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
+    if abs(sum(ratios) - 1) > 1e-6:
         raise MarketGPTError(f"{source}: data.train_ratio + val_ratio + test_ratio must be positive and sum to 1, got {ratios}")
-    if not 0 <= t.asset_dropout < 1:
-        raise MarketGPTError(f"{source}: training.asset_dropout must be in [0, 1), got {t.asset_dropout}")
-    if not 0 <= t.category_dropout <= 1:
-        raise MarketGPTError(f"{source}: training.category_dropout must be in [0, 1], got {t.category_dropout}")
-    if t.last_every_steps < 0:
-        raise MarketGPTError(f"{source}: training.last_every_steps must be 0 (off) or positive, got {t.last_every_steps}")
+    for key, value in (("data.universe", d.universe), ("data.provider", d.provider),
+                       ("training.checkpoint_dir", t.checkpoint_dir)):
+        if not value.strip():
+            raise MarketGPTError(f"{source}: {key} must not be empty")
+        check_text(value, f"{source}: {key}")
+    check_text(d.data_dir, f"{source}: data.data_dir")
+    d.start, d.end = check_date(d.start, f"{source}: data.start"), check_date(d.end, f"{source}: data.end")
+    if d.start and d.end and d.start > d.end:
+        raise MarketGPTError(f"{source}: data.start {d.start} is after data.end {d.end}")
     if d.on_bad_rows not in ("fail", "drop"):
         raise MarketGPTError(f"{source}: data.on_bad_rows must be 'fail' or 'drop', got '{d.on_bad_rows}'")
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from ..config import DATE_FORMAT, check_date
 from ..errors import MarketGPTError
 from ..progress import progress
 from .cache import CandleCache, Provenance
@@ -14,7 +15,6 @@ from .providers import NoCandles, Provider
 from .validate import validate_candles
 
 DAY = pd.Timedelta(days=1)
-DATE_FORMAT = "%Y-%m-%d"
 
 
 @dataclass
@@ -27,15 +27,10 @@ class DownloadReport:
 
 def check_dates(start: str, end: str) -> tuple[str, str]:
     """The --start/--end dates as zero-padded YYYY-MM-DD (the cache compares them as strings), start <= end."""
-    dates = []
-    for option, value in (("--start", start), ("--end", end)):
-        try:
-            dates.append(datetime.strptime(value, DATE_FORMAT).strftime(DATE_FORMAT) if value else "")
-        except ValueError:
-            raise MarketGPTError(f"{option} '{value}' is not a date; expected YYYY-MM-DD") from None
-    if all(dates) and dates[0] > dates[1]:
-        raise MarketGPTError(f"--start {dates[0]} is after --end {dates[1]}")
-    return dates[0], dates[1]
+    start, end = check_date(start, "--start"), check_date(end, "--end")
+    if start and end and start > end:
+        raise MarketGPTError(f"--start {start} is after --end {end}")
+    return start, end
 
 
 def _missing_ranges(prov: Provenance | None, cached: pd.DataFrame | None, start: str, end: str) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..config import SHARE, check_number
 from ..errors import MarketGPTError
 
 SPLITS = ("train", "val", "test")
@@ -36,7 +37,17 @@ class TimeSplit:
 
 
 def time_split(candles: pd.DataFrame, train_ratio: float = 0.70, val_ratio: float = 0.15) -> TimeSplit:
-    """Choose the cutoff dates so that the shares of candles across the whole universe are closest to the ratios."""
+    """Choose the cutoff dates so that the shares of candles across the whole universe are closest to the ratios.
+
+    Each ratio is a share in (0, 1) and together they leave a test share: a train ratio of 1.5 would fit the
+    tokenizer on validation and test candles."""
+    for name, ratio in (("train_ratio", train_ratio), ("val_ratio", val_ratio)):
+        check_number(ratio, SHARE, f"time split: {name}")
+    if train_ratio + val_ratio >= 1:
+        raise MarketGPTError(f"time split: train_ratio + val_ratio must be below 1 (the rest is the test split), "
+                             f"got {train_ratio} + {val_ratio}")
+    if not isinstance(candles, pd.DataFrame) or "date" not in candles.columns:
+        raise MarketGPTError("time split: expected a candle frame with a 'date' column")
     if candles.empty:
         raise MarketGPTError("time split: no candles")
     per_date = candles.groupby("date").size().sort_index()

@@ -8,17 +8,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import NAME_PATTERN
 from ..errors import MarketGPTError
 from .providers import describe_error
 
 CASES = ("sample", "a", "b", "c")
 CATEGORIES = ("us_stocks", "eu_stocks", "emerging", "commodities", "crypto", "indices", "fx")
 REQUIRED = ("symbol", "category")
-SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._=^-]+$")
+CCXT_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]+$")   # BTC/USDT, BTC/USDT:USDT
 
 
-def universe_path(case_or_path: str) -> Path:
+def universe_path(case_or_path: str | Path) -> Path:
     """Resolve a case name (`a`, `case_a`, `sample`) or a path to a universe CSV."""
+    if not isinstance(case_or_path, (str, Path)):
+        raise MarketGPTError(f"universe: expected a case name or a CSV path, got {type(case_or_path).__name__} "
+                             f"{case_or_path!r}")
+    if not str(case_or_path).strip():
+        raise MarketGPTError(f"universe: no universe given; choose one of {', '.join(CASES)} or a CSV path")
+    case_or_path = str(case_or_path)
     name = case_or_path.lower().removeprefix("case_")
     if name in CASES:
         return Path(str(resources.files("marketgpt") / "universes" / f"{'sample' if name == 'sample' else 'case_' + name}.csv"))
@@ -28,7 +35,7 @@ def universe_path(case_or_path: str) -> Path:
     return path
 
 
-def load_universe(case_or_path: str) -> pd.DataFrame:
+def load_universe(case_or_path: str | Path) -> pd.DataFrame:
     """Read and check a universe CSV: one row per asset with at least `symbol` and `category`.
 
     `attrs["universe"]` keeps the name it was loaded by, so messages can print the command to run.
@@ -49,8 +56,14 @@ def load_universe(case_or_path: str) -> pd.DataFrame:
             frame[column] = ""
     frame = frame.apply(lambda col: col.str.strip())
     for i, row in enumerate(frame.itertuples(index=False), start=2):
-        if not row.symbol or not SYMBOL_PATTERN.match(row.symbol):
-            raise MarketGPTError(f"{path}: line {i}: invalid symbol '{row.symbol}'")
+        # symbol and yfinance name cache files and the files provider's file names: one path component each
+        for column in ("symbol", "yfinance"):
+            value = getattr(row, column)
+            if (value or column == "symbol") and not NAME_PATTERN.match(value):
+                raise MarketGPTError(f"{path}: line {i}: invalid {column} '{value}' (letters, digits and . _ - ^ =, "
+                                     f"no path separators)")
+        if row.ccxt and not CCXT_PATTERN.match(row.ccxt):
+            raise MarketGPTError(f"{path}: line {i}: invalid ccxt market '{row.ccxt}' (e.g. BTC/USDT)")
         if not row.category:
             raise MarketGPTError(f"{path}: line {i}: asset {row.symbol} has no category")
         if row.category not in CATEGORIES:

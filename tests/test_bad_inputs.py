@@ -1,0 +1,195 @@
+"""Malformed and hostile input through the real CLI, as a demanding user would type it.
+
+Every case must exit non-zero, print no traceback, name the file, key, option or asset on one line, and leave the
+user's files as they were: cases that could lose data get their own copy of a run directory or cache, whose bytes
+are compared before and after. The cases run two at a time in one fixture (each is a subprocess); the tests then
+check one case each, so a failure names its case.
+"""
+
+import gzip
+import hashlib
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+from helpers import CONFIGS, run_cli, small_config
+
+from marketgpt.data import load_universe, time_split
+from marketgpt.errors import MarketGPTError
+from marketgpt.tokenizer import CandleTokenizer
+
+HEADER = "date,open,high,low,close,volume\n"
+
+
+def candle_lines(dates) -> str:
+    return "".join(f"{d},10,12,9,11,100\n" for d in dates)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under a folder with the hash of its bytes: equal snapshots mean nothing was touched."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class World:
+    """One temporary folder shared by the cases: the sample universe cached, a finished tiny run, source files."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.lock = threading.Lock()
+        self.base = json.loads(small_config(root, "tiny", max_steps_per_epoch=2, epochs=2).read_text())
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def write(self, name: str, text: str | bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+        return path
+
+    def config(self, case: str, top: dict | None = None, **sections) -> Path:
+        """The tiny config with some keys changed; raw JSON so that NaN and Infinity pass through as written."""
+        raw = json.loads(json.dumps(self.base))
+        raw.update(top or {})
+        for section, values in sections.items():
+            raw[section].update(values)
+        return self.write(f"configs/{case}.json", json.dumps(raw))
+
+    def universe(self, case: str, rows: str) -> Path:
+        return self.write(f"universes/{case}.csv", "symbol,category,yfinance\n" + rows)
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[World], list]
+    names: tuple[str, ...]                      # each must appear, all on one line of the output
+    keep: Callable[[World], Path] | None = None  # a folder whose bytes must be unchanged
+    absent: Callable[[World], Path] | None = None  # a path that must not come into existence
+
+
+def train_with(case: str, top: dict | None = None, **sections) -> Callable[[World], list]:
+    return lambda w: ["train", w.config(case, top, **sections)]
+
+
+def fit(*extra) -> Callable[[World], list]:
+    return lambda w: ["tokenizer", "fit", "--case", "sample", "--data-dir", w.data, "-o", w.path("tok.json"), *extra]
+
+
+def slurm(*extra) -> Callable[[World], list]:
+    return lambda w: ["slurm", CONFIGS / "sample.json", "-o", w.path("slurm/job.sh"), *extra]
+
+
+CASES = [
+    # 1. config and option ranges: every numeric key checked once, with its name
+    *[Case(f"config-{key}-{value}", train_with(f"{key}-{value}", **{section: {key: value}}), (f"{section}.{key}",))
+      for section, key, value in [
+          ("training", "learning_rate", float("nan")), ("training", "learning_rate", float("inf")),
+          ("training", "learning_rate", -float("inf")), ("training", "seed", -1), ("training", "warmup_ratio", -0.1),
+          ("training", "min_lr_ratio", -0.5), ("training", "weight_decay", -0.01),
+          ("training", "early_stopping_patience", 0), ("training", "max_steps_per_epoch", -1),
+          ("model", "vocab_size", 70000), ("model", "dropout", 1.0), ("data", "start", "2019/13/45"),
+          ("data", "start", "01/02/2019"), ("data", "end", "2019-02-30")]],
+    Case("config-start-after-end", train_with("start-after-end", data={"start": "2020-01-02", "end": "2019-01-01"}),
+         ("data.start", "data.end")),
+    Case("set-empty-universe", lambda w: ["train", w.config("plain"), "--set", "data.universe="], ("data.universe",)),
+    Case("num-gpus-0", lambda w: ["train", w.config("plain"), "--num-gpus", "0"], ("--num-gpus",)),
+    Case("num-gpus-negative", lambda w: ["train", w.config("plain"), "--num-gpus", "-2"], ("--num-gpus",)),
+    Case("status-interval-0", lambda w: ["status", "--all", "--root", w.root, "--interval", "0"], ("--interval",)),
+    Case("status-watch-interval-negative", lambda w: ["status", "--watch", "--root", w.root, "--interval", "-1"],
+         ("--interval",)),
+    Case("fit-train-ratio-1.5", fit("--train-ratio", "1.5"), ("train_ratio",), absent=lambda w: w.path("tok.json")),
+    Case("fit-train-ratio-negative", fit("--train-ratio", "-0.2"), ("train_ratio",)),
+    Case("fit-ratios-leave-no-test", fit("--train-ratio", "0.6", "--val-ratio", "0.5"), ("train_ratio", "val_ratio")),
+    Case("fit-vocab-size-70000", fit("--vocab-size", "70000"), ("--vocab-size",)),
+    Case("download-start-not-a-date", lambda w: ["data", "download", "--case", "sample", "--data-dir", w.data,
+                                                 "--start", "2019/13/45"], ("--start", "2019/13/45")),
+    Case("slurm-time-0:99:99", slurm("--time", "0:99:99"), ("--time 0:99:99",), absent=lambda w: w.path("slurm")),
+    Case("slurm-time-25-hours", slurm("--time", "1-25:00"), ("--time 1-25:00",)),
+    # 6. injection and path traversal: values that become paths or script lines
+    Case("config-name-escapes", train_with("escape", top={"name": "../../escape"}), ("name", "../../escape"),
+         absent=lambda w: w.root.parent / "escape"),
+    Case("slurm-account-newline", slurm("--account", "acc\n#SBATCH --wrap=touch /tmp/x"), ("--account",),
+         absent=lambda w: w.path("slurm")),
+    Case("slurm-partition-shell", slurm("--partition", "long; touch x"), ("--partition",),
+         absent=lambda w: w.path("slurm")),
+    Case("slurm-gpu-type-option", slurm("--gpu-type", "a100 --wrap=id"), ("--gpu-type",)),
+    Case("slurm-set-newline", slurm("--set", "training.epochs=1\nid"), ("--set",)),
+    Case("slurm-log-dir-space", slurm("--log-dir", "my logs"), ("--log-dir",)),
+    Case("universe-yfinance-traversal", lambda w: [
+        "data", "download", "--universe", w.universe("traversal", "BTC,crypto,../../outside/ETH-USD\n"),
+        "--provider", f"files:{w.path('files')}", "--data-dir", w.path("traversal-cache")],
+         ("traversal.csv", "line 2", "yfinance", "../../outside/ETH-USD"),
+         absent=lambda w: w.path("traversal-cache")),
+    Case("universe-symbol-traversal", lambda w: [
+        "data", "download", "--universe", w.universe("symbol", "../BTC,crypto,\n"), "--provider", "sample",
+        "--data-dir", w.path("symbol-cache")], ("symbol.csv", "line 2", "../BTC"),
+         absent=lambda w: w.path("symbol-cache")),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    w = World(tmp_path_factory.mktemp("bad_inputs"))
+    w.write("outside/ETH-USD.csv", HEADER + candle_lines(pd.date_range("2020-01-01", periods=40).strftime("%Y-%m-%d")))
+    (w.root / "files").mkdir()
+    result = run_cli("data", "download", "--case", "sample", "--data-dir", w.data)
+    assert result.returncode == 0, result.stderr
+    return w
+
+
+@pytest.fixture(scope="module")
+def outcomes(world):
+    """Run every case, two at a time: (result, snapshot before, snapshot after) per case id."""
+    def one(case: Case):
+        kept = case.keep(world) if case.keep else None
+        before = snapshot(kept) if kept else None
+        result = run_cli(*case.argv(world), cwd=world.root, timeout=300)
+        return case.id, (result, before, snapshot(kept) if kept else None)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(one, CASES))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_clear_line_and_loses_nothing(case, outcomes, world):
+    result, before, after = outcomes[case.id]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    assert any(all(name in line for name in case.names) for line in output.splitlines()), output
+    assert before == after, "the bytes of the kept folder changed"
+    if case.absent:
+        assert not case.absent(world).exists(), f"{case.absent(world)} was written"
+
+
+def test_there_are_at_least_60_cases():
+    assert len(CASES) >= 60
+
+
+# --- the same mistakes from Python ---------------------------------------------------------------------------------
+
+def test_time_split_checks_its_ratios_and_its_frame():
+    candles = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=10), "close": 1.0})
+    for train, val in ((1.5, 0.1), (-0.1, 0.1), (0.7, -0.1), (0.6, 0.5)):
+        with pytest.raises(MarketGPTError, match="ratio"):
+            time_split(candles, train, val)
+    with pytest.raises(MarketGPTError, match="'date' column"):
+        time_split(candles.rename(columns={"date": "day"}))
+
+
+def test_load_universe_of_a_number_or_nothing():
+    with pytest.raises(MarketGPTError, match="expected a case name or a CSV path, got int 123"):
+        load_universe(123)
+    with pytest.raises(MarketGPTError, match="no universe given"):
+        load_universe("")
