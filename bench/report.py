@@ -107,7 +107,8 @@ def rows_generate(r: dict) -> list[list[str]]:
         rows.append([f"sample paths, {case_name(s['case'])} shapes (context {s['context_length']}), KV cache",
                      f"{s['cached']['candles_per_s']:,.0f} candles/s at {s['cached']['paths']} paths"
                      + ("" if ref["paths"] == s["cached"]["paths"] else f"; {ref['candles_per_s']:,.0f} at {ref['paths']}"),
-                     f"no cache, {s['uncached']['candles_per_s']:,.0f} candles/s at {s['uncached']['paths']} paths",
+                     f"no cache, {s['uncached']['candles_per_s']:,.0f} candles/s at {s['uncached']['paths']} paths "
+                     f"({s['uncached']['steps']} steps)",
                      f"{s['ratio']:.1f}x", f">= {s['target']:.0f}x: {met(s['met'])}"])
     return rows
 

@@ -208,7 +208,7 @@ class Forecaster:
 
     def __init__(self, run_dir: Path, cfg, tokenizer, store, model):
         self.run_dir, self.cfg, self.tokenizer, self.model = Path(run_dir), cfg, tokenizer, model
-        self.name = cfg.name
+        self.name = self.run_dir.name     # the model id in forecast tables: the run directory's name
         self.symbols = list(store.symbols)
         self.asset_ids = {s: i for i, s in enumerate(store.symbols)}
         self.category_of = dict(zip(store.symbols, store.categories))
@@ -242,7 +242,7 @@ class Forecaster:
         return self.model.unknown_asset, cat, False
 
     def predict(self, candles: pd.DataFrame, horizon: int = 21, num_samples: int = 512, seed: int = 0,
-                temperature: float = 1.0, as_of=None, top_p: float | None = None, max_batch: int = 4096,
+                temperature: float = 1.0, as_of=None, top_p: float | None = None, max_batch: int | None = None,
                 categories: dict[str, str] | None = None, on_step=None) -> Forecast:
         """Forecast every symbol of a long candle frame (symbol, date, open, high, low, close[, volume]).
 
@@ -330,7 +330,7 @@ def _as_of(as_of):
         raise MarketGPTError(f"as-of date {as_of!r} is not a date (expected YYYY-MM-DD)") from None
 
 
-def _check_request(horizon, num_samples, max_batch, temperature, top_p, seed) -> tuple[int, int, int]:
+def _check_request(horizon, num_samples, max_batch, temperature, top_p, seed) -> tuple[int, int, int | None]:
     def integer(name, value, lo, hi):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
             raise MarketGPTError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
@@ -338,7 +338,7 @@ def _check_request(horizon, num_samples, max_batch, temperature, top_p, seed) ->
 
     horizon = integer("horizon", horizon, 1, MAX_HORIZON)
     num_samples = integer("samples", num_samples, 1, MAX_SAMPLES)
-    max_batch = integer("max batch", max_batch, 1, 2**24)
+    max_batch = None if max_batch is None else integer("max batch", max_batch, 1, 2**24)
     integer("seed", seed, 0, 2**63 - 1)
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise MarketGPTError(f"temperature must be a finite number >= 0, got {temperature!r}")

@@ -28,6 +28,7 @@ def fan_chart(asset, path, history: int = CHART_HISTORY) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter
 
     hist = asset.history.tail(history)
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -43,6 +44,9 @@ def fan_chart(asset, path, history: int = CHART_HISTORY) -> Path:
     ax.plot(dates, np.median(close, axis=0), color="tab:blue", lw=1.5, label="median")
     ax.axvline(asset.as_of, color="grey", ls=":", lw=1)
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.4g}")      # prices, not powers of ten
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     kind = "seen in training" if asset.known else "new to the model"
     ax.set(title=f"{asset.symbol} ({kind}): {close.shape[0]} paths, {len(asset.dates)} days from {asset.as_of:%Y-%m-%d}",
            ylabel="price (log scale)")
@@ -115,7 +119,7 @@ def select_universe(run_dir: Path, cfg, universe: str | None, symbols: list[str]
 def forecast_universe(run_dir, symbols: list[str] | None = None, universe: str | None = None,
                       provider: str | None = None, data_dir=None, as_of=None, horizon: int = 21,
                       num_samples: int = 512, seed: int = 0, temperature: float = 1.0, top_p: float | None = None,
-                      max_batch: int = 4096, device=None, progress: bool = False):
+                      max_batch: int | None = None, device=None, progress: bool = False):
     """Forecast assets of a universe from their cached history (the CLI's work, without printing or files).
     Assets whose history does not load are in Forecast.failed with the reason."""
     from .forecast import Forecaster
@@ -195,7 +199,8 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same paths (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (default 1: the model's density)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: off)")
-    p.add_argument("--max-batch", type=int, default=4096, help="paths per forward pass, bounds memory (default 4096)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="paths per forward pass, bounds memory (default: as many as a 2 GiB KV cache holds)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("-o", "--output", default="forecast.parquet",
                    help="forecast table, .parquet, .csv or .json (default forecast.parquet)")

@@ -39,6 +39,19 @@ class Prompt:
     key: int
 
 
+#: memory for the KV cache of one chunk of paths when max_batch is not given. A path's cache holds keys and values of
+#: every layer at every position: 2 x layers x context x d_model values (Case C fp32: 1.5 MB; Case A: 37.7 MB, so 512
+#: Case A paths at once would need 19 GB).
+KV_BUDGET_BYTES = 2 * 2**30
+
+
+def default_max_batch(model: MarketGPT, budget: int = KV_BUDGET_BYTES) -> int:
+    """The most paths whose KV cache fits in `budget` bytes (at least 1)."""
+    cfg = model.cfg
+    per_path = 2 * cfg.num_layers * cfg.context_length * cfg.d_model * model.tok_emb.weight.element_size()
+    return max(1, budget // per_path)
+
+
 def window_plan(available: int, horizon: int, context_length: int) -> tuple[int, int]:
     """(prompt length, re-prime length): see the module docstring."""
     stride = max(1, context_length // 2)
@@ -89,7 +102,7 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
     category = torch.tensor([prompts[p].category for p in owners], device=device)
     u = torch.from_numpy(np.concatenate([uniforms[p][a:b] for p, a, b in rows])).to(device)   # (B, H, C)
     index = torch.from_numpy(owner_index).to(device)
-    if use_cache:   # each distinct prompt is encoded once and its cache shared by all its paths
+    if use_cache:   # each distinct prompt is encoded once per chunk and its cache shared by its paths there
         d_asset = torch.tensor([prompts[p].asset for p in distinct], device=device)
         d_category = torch.tensor([prompts[p].category for p in distinct], device=device)
         cache = model.new_cache(len(distinct))
@@ -120,13 +133,14 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
 
 @torch.inference_mode()
 def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samples: int, seed: int = 0,
-                 temperature: float = 1.0, top_p: float | None = None, max_batch: int = 4096, use_cache: bool = True,
+                 temperature: float = 1.0, top_p: float | None = None, max_batch: int | None = None, use_cache: bool = True,
                  on_step: Callable[[int], None] | None = None) -> list[np.ndarray]:
     """Token paths (num_samples, horizon, C) int64 for each prompt, in eval mode (the previous mode is restored).
 
-    All paths of all prompts go through the model together, max_batch paths at a time; prompts are grouped by
-    prompt length (see window_plan). on_step(n) is called with the number of candles sampled at each step of a
+    All paths of all prompts go through the model together, max_batch paths at a time (default: as many as fit a
+    KV cache of KV_BUDGET_BYTES); prompts are grouped by prompt length (see window_plan). on_step(n) is called with the number of candles sampled at each step of a
     chunk: they add up to len(prompts) * num_samples * horizon."""
+    max_batch = default_max_batch(model) if max_batch is None else max_batch
     if horizon < 1 or num_samples < 1 or max_batch < 1:
         raise ValueError(f"horizon, num_samples and max_batch must be >= 1, got {horizon}, {num_samples}, {max_batch}")
     T, C = model.cfg.context_length, model.num_channels

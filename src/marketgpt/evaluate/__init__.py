@@ -96,6 +96,7 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
             "close_bins": {"vocab_size": cfg.model.vocab_size,
                            "tail_scale": [float(s) for s in close_density(tokenizer).tail_scale]},
             "data": source.description if source else {"data": "the run's own", "split": split},
+            "output_dir": str(out),
             "seconds": None}
     results = {**{k: results[k] for k in (f"{split}_loss", f"{split}_accuracy")}, **meta,
                **{k: v for k, v in results.items() if k not in (f"{split}_loss", f"{split}_accuracy")}}

@@ -54,7 +54,7 @@ def origin_dates(candles: pd.DataFrame, start, end, every: int) -> pd.DatetimeIn
 
 def evaluate_horizons(forecaster, candles: pd.DataFrame, categories: dict[str, str], start, end,
                       horizons=DEFAULT_HORIZONS, every: int = DEFAULT_EVERY, num_samples: int = DEFAULT_SAMPLES,
-                      seed: int = 0, max_batch: int = 4096, log=print) -> tuple[dict, dict, dict]:
+                      seed: int = 0, max_batch: int | None = None, log=print) -> tuple[dict, dict, dict]:
     """(horizons block, {symbol: GARCH info}, {"origins": n, "paths": n, "new_assets": [...]}) for origins in
     (start, end]."""
     from .horizon_baselines import baseline_samples, realised_returns

@@ -126,7 +126,7 @@ def headline(results: dict) -> str:
     ]
     if results.get("run_dir"):
         prefix = "" if s == "test" else "val_"
-        lines.append(f"report: {Path(results['run_dir']) / f'{prefix}report.md'}")
+        lines.append(f"report: {Path(results.get('output_dir') or results['run_dir']) / f'{prefix}report.md'}")
     return "\n".join(lines)
 
 
