@@ -76,6 +76,7 @@ class Case:
     names: tuple[str, ...]                      # each must appear, all on one line of the output
     keep: Callable[[World], Path] | None = None  # a folder whose bytes must be unchanged
     absent: Callable[[World], Path] | None = None  # a path that must not come into existence
+    env: dict | None = None
 
 
 def train_with(case: str, top: dict | None = None, **sections) -> Callable[[World], list]:
@@ -86,8 +87,18 @@ def fit(*extra) -> Callable[[World], list]:
     return lambda w: ["tokenizer", "fit", "--case", "sample", "--data-dir", w.data, "-o", w.path("tok.json"), *extra]
 
 
-def slurm(*extra) -> Callable[[World], list]:
-    return lambda w: ["slurm", CONFIGS / "sample.json", "-o", w.path("slurm/job.sh"), *extra]
+def files(folder: str, *extra, cache: str = "") -> Callable[[World], list]:
+    """`data download` of the one-asset universe XYZ from a folder of CSVs prepared in the fixture."""
+    return lambda w: ["data", "download", "--universe", w.path("universes/xyz.csv"), "--provider",
+                      f"files:{w.path('sources/' + folder)}", "--data-dir", w.path(cache or f"caches/{folder}"), *extra]
+
+
+def slurm(case: str, *extra) -> Callable[[World], list]:
+    return lambda w: ["slurm", CONFIGS / "sample.json", "-o", w.path(f"slurm/{case}/job.sh"), *extra]
+
+
+def nothing_in(name: str) -> Callable[[World], Path]:
+    return lambda w: w.path(name)
 
 
 CASES = [
@@ -114,18 +125,63 @@ CASES = [
     Case("fit-vocab-size-70000", fit("--vocab-size", "70000"), ("--vocab-size",)),
     Case("download-start-not-a-date", lambda w: ["data", "download", "--case", "sample", "--data-dir", w.data,
                                                  "--start", "2019/13/45"], ("--start", "2019/13/45")),
-    Case("slurm-time-0:99:99", slurm("--time", "0:99:99"), ("--time 0:99:99",), absent=lambda w: w.path("slurm")),
-    Case("slurm-time-25-hours", slurm("--time", "1-25:00"), ("--time 1-25:00",)),
+    Case("slurm-time-0:99:99", slurm("time", "--time", "0:99:99"), ("--time 0:99:99",), absent=nothing_in("slurm/time")),
+    Case("slurm-time-25-hours", slurm("hours", "--time", "1-25:00"), ("--time 1-25:00",)),
+    # 2. filesystem errors at the boundary, before any work
+    Case("data-dir-is-a-file", lambda w: ["data", "download", "--case", "sample", "--data-dir", w.path("a_file")],
+         ("a_file", "is a file")),
+    Case("data-dir-under-a-file", lambda w: ["data", "download", "--case", "sample", "--data-dir",
+                                             w.path("a_file/sub")], ("a_file/sub", "cannot write")),
+    Case("data-dir-read-only", lambda w: ["data", "download", "--case", "sample", "--data-dir", "/proc/marketgpt"],
+         ("/proc/marketgpt", "cannot write")),
+    Case("fit-output-is-a-folder", lambda w: ["tokenizer", "fit", "--case", "sample", "--data-dir", w.data, "-o",
+                                              w.path("sources")], ("sources", "is a folder")),
+    Case("fit-output-read-only", lambda w: ["tokenizer", "fit", "--case", "sample", "--data-dir", w.data, "-o",
+                                            "/proc/tok.json"], ("/proc", "cannot write")),
+    Case("fit-output-under-a-file", lambda w: ["tokenizer", "fit", "--case", "sample", "--data-dir", w.data, "-o",
+                                               w.path("a_file/tok.json")], ("a_file", "is a file")),
+    Case("slurm-output-is-a-folder", lambda w: ["slurm", CONFIGS / "sample.json", "-o", w.path("sources")],
+         ("sources", "is a folder")),
+    Case("slurm-log-dir-under-a-file", slurm("logs-under-file", "--log-dir", "a_file/logs"), ("a_file/logs", "cannot write")),
+    # 3. dates are never misread: one format per file, ambiguity and intraday candles refused
+    Case("dates-day-month-ambiguous", files("ambiguous"), ("XYZ.csv", "ambiguous dates", "--date-format"),
+         keep=nothing_in("caches/ambiguous")),
+    Case("dates-ambiguous-in-drop-mode", files("ambiguous", "--on-bad-rows", "drop"), ("XYZ.csv", "ambiguous")),
+    Case("dates-hourly", files("hourly"), ("XYZ.csv", "intraday timestamps")),
+    Case("dates-hourly-in-drop-mode", files("hourly", "--on-bad-rows", "drop"), ("XYZ.csv", "intraday"),
+         keep=nothing_in("caches/hourly")),
+    Case("dates-unknown-format", files("words"), ("XYZ.csv", "unknown format", "Jan 01 2020")),
+    Case("dates-format-not-a-format", files("ambiguous", "--date-format", "%Q"), ("--date-format %Q",)),
+    Case("dates-format-wrong-for-the-file", files("ambiguous", "--date-format", "%Y-%m-%d"),
+         ("XYZ.csv", "--date-format %Y-%m-%d")),
+    Case("dates-format-for-the-sample", lambda w: ["data", "download", "--case", "sample", "--data-dir", w.data,
+                                                   "--date-format", "%d/%m/%Y"], ("--date-format", "sample")),
+    Case("dates-duplicate-names-both-lines", files("duplicate"), ("XYZ.csv", "line 3", "line 5", "duplicate_date")),
+    # 7. messages that name the real cause
+    Case("gzip-named-csv", files("gzip"), ("XYZ.csv", "gzip-compressed", "XYZ.csv.gz")),
+    Case("parquet-named-csv", files("parquet"), ("XYZ.csv", "Parquet")),
+    Case("binary-named-csv", files("binary"), ("XYZ.csv", "not a text CSV")),
+    Case("yfinance-offline", lambda w: ["data", "download", "--universe", w.path("universes/xyz.csv"), "--provider",
+                                        "yfinance", "--data-dir", w.path("caches/yfinance")],
+         ("XYZ", "cannot reach Yahoo Finance"),
+         env={"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "ALL_PROXY": ""}),
+    Case("universe-is-a-folder", lambda w: ["data", "info", "--case", w.path("sources")], ("sources",)),
+    Case("universe-bad-ccxt-market", lambda w: ["data", "info", "--universe", w.path("universes/ccxt.csv")],
+         ("ccxt.csv", "line 2", "ccxt market")),
+    Case("train-names-every-bad-asset", lambda w: ["train", w.config(
+        "two-bad", data={"universe": str(w.path("universes/two_bad.csv")), "provider": f"files:{w.path('sources/bad')}",
+                         "data_dir": str(w.path("caches/bad"))}, training={"checkpoint_dir": str(w.path("runs/bad"))})],
+         ("AAA", "BBB", "2 asset(s) failed"), keep=nothing_in("runs/bad")),
     # 6. injection and path traversal: values that become paths or script lines
     Case("config-name-escapes", train_with("escape", top={"name": "../../escape"}), ("name", "../../escape"),
          absent=lambda w: w.root.parent / "escape"),
-    Case("slurm-account-newline", slurm("--account", "acc\n#SBATCH --wrap=touch /tmp/x"), ("--account",),
-         absent=lambda w: w.path("slurm")),
-    Case("slurm-partition-shell", slurm("--partition", "long; touch x"), ("--partition",),
-         absent=lambda w: w.path("slurm")),
-    Case("slurm-gpu-type-option", slurm("--gpu-type", "a100 --wrap=id"), ("--gpu-type",)),
-    Case("slurm-set-newline", slurm("--set", "training.epochs=1\nid"), ("--set",)),
-    Case("slurm-log-dir-space", slurm("--log-dir", "my logs"), ("--log-dir",)),
+    Case("slurm-account-newline", slurm("account", "--account", "acc\n#SBATCH --wrap=touch /tmp/x"), ("--account",),
+         absent=nothing_in("slurm/account")),
+    Case("slurm-partition-shell", slurm("partition", "--partition", "long; touch x"), ("--partition",),
+         absent=nothing_in("slurm/partition")),
+    Case("slurm-gpu-type-option", slurm("gpu", "--gpu-type", "a100 --wrap=id"), ("--gpu-type",)),
+    Case("slurm-set-newline", slurm("set", "--set", "training.epochs=1\nid"), ("--set",)),
+    Case("slurm-log-dir-space", slurm("logs", "--log-dir", "my logs"), ("--log-dir",)),
     Case("universe-yfinance-traversal", lambda w: [
         "data", "download", "--universe", w.universe("traversal", "BTC,crypto,../../outside/ETH-USD\n"),
         "--provider", f"files:{w.path('files')}", "--data-dir", w.path("traversal-cache")],
@@ -143,6 +199,25 @@ def world(tmp_path_factory) -> World:
     w = World(tmp_path_factory.mktemp("bad_inputs"))
     w.write("outside/ETH-USD.csv", HEADER + candle_lines(pd.date_range("2020-01-01", periods=40).strftime("%Y-%m-%d")))
     (w.root / "files").mkdir()
+    w.write("a_file", "not a folder\n")
+    w.write("universes/xyz.csv", "symbol,category\nXYZ,us_stocks\n")
+    w.write("universes/two_bad.csv", "symbol,category\nAAA,us_stocks\nBBB,us_stocks\nCCC,us_stocks\n")
+    w.write("universes/ccxt.csv", "symbol,category,ccxt\nBTC,crypto,BTC USDT\n")
+    days = pd.date_range("2020-01-01", periods=12)
+    w.write("sources/ambiguous/XYZ.csv", HEADER + candle_lines(days.strftime("%d/%m/%Y")))
+    w.write("sources/hourly/XYZ.csv", HEADER + candle_lines(pd.date_range("2020-01-01", periods=300, freq="h")
+                                                            .strftime("%Y-%m-%d %H:%M:%S")))
+    w.write("sources/words/XYZ.csv", HEADER + candle_lines(days.strftime("%b %d %Y")))
+    w.write("sources/duplicate/XYZ.csv", HEADER + candle_lines(["2020-01-02", "2020-01-03", "2020-01-06",
+                                                                "2020-01-03", "2020-01-07"]))
+    w.write("sources/gzip/XYZ.csv", gzip.compress((HEADER + candle_lines(days.strftime("%Y-%m-%d"))).encode()))
+    pd.DataFrame({"date": days, "open": 10.0, "high": 12.0, "low": 9.0, "close": 11.0}).to_parquet(
+        w.path("sources/parquet/XYZ.csv").parent.mkdir(parents=True) or w.path("sources/parquet/XYZ.csv"))
+    w.write("sources/binary/XYZ.csv", bytes(range(256)) * 4)
+    good = HEADER + candle_lines(days.strftime("%Y-%m-%d"))
+    w.write("sources/bad/AAA.csv", good + "2020-02-01,10,9,12,11,100\n")
+    w.write("sources/bad/BBB.csv", good + "2020-02-01,10,abc,9,11,100\n")
+    w.write("sources/bad/CCC.csv", good)
     result = run_cli("data", "download", "--case", "sample", "--data-dir", w.data)
     assert result.returncode == 0, result.stderr
     return w
@@ -154,7 +229,7 @@ def outcomes(world):
     def one(case: Case):
         kept = case.keep(world) if case.keep else None
         before = snapshot(kept) if kept else None
-        result = run_cli(*case.argv(world), cwd=world.root, timeout=300)
+        result = run_cli(*case.argv(world), cwd=world.root, timeout=300, env=case.env)
         return case.id, (result, before, snapshot(kept) if kept else None)
 
     with ThreadPoolExecutor(2) as pool:
@@ -166,7 +241,7 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(case, outcomes, world):
     result, before, after = outcomes[case.id]
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    assert "Traceback" not in output, output
+    assert "Traceback" not in output and "Could not infer format" not in output, output
     assert any(all(name in line for name in case.names) for line in output.splitlines()), output
     assert before == after, "the bytes of the kept folder changed"
     if case.absent:

@@ -28,11 +28,13 @@ def cmd_data_download(args) -> int:
 
     universe = load_universe(args.universe)
     provider_name = args.provider or default_provider(args.universe)
-    provider = get_provider(provider_name)
+    provider = get_provider(provider_name, date_format=args.date_format or "")
     report = download_universe(universe, provider, CandleCache(args.data_dir, provider_name),
-                               args.start or "", args.end or "", args.on_bad_rows)
+                               args.start or "", args.end or "", args.on_bad_rows, args.refresh)
     print(f"updated {len(report.updated)} asset(s) ({sum(report.updated.values())} new candles), "
           f"{len(report.unchanged)} already up to date, {len(report.failed)} failed")
+    for symbol, why in report.changed.items():
+        print(f"  {symbol}: read again from scratch ({why})")
     for symbol, counts in report.dropped.items():
         print(f"  {symbol}: dropped " + ", ".join(f"{n} {rule}" for rule, n in counts.items()))
     for symbol, reason in report.failed.items():
@@ -41,12 +43,16 @@ def cmd_data_download(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from .data import CandleCache, format_info, load_universe, universe_info
+    from .data import CandleCache, download_command, format_info, load_universe, universe_info
+    from .data.info import empty_cache_hint
 
     universe = load_universe(args.universe)
     provider_name = args.provider or default_provider(args.universe)
-    assets, categories = universe_info(universe, CandleCache(args.data_dir, provider_name))
+    cache = CandleCache(args.data_dir, provider_name)
+    assets, categories = universe_info(universe, cache)
     print(format_info(assets, categories))
+    if not assets.cached.any():
+        print(empty_cache_hint(cache, download_command(args.universe, provider_name, args.data_dir)))
     return 0
 
 
@@ -147,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--end", help="last date, YYYY-MM-DD (default: today)")
     download.add_argument("--on-bad-rows", choices=("fail", "drop"), default="fail",
                           help="fail on the first bad row, or drop bad rows and count them per rule")
+    download.add_argument("--date-format", metavar="FORMAT",
+                          help="strptime format of the dates in the files provider's CSVs, e.g. %%d/%%m/%%Y "
+                               "(default: detected per file; day/month vs month/day must be given)")
+    download.add_argument("--refresh", action="store_true",
+                          help="read every asset again from scratch instead of only the dates not cached yet")
     download.set_defaults(func=cmd_data_download)
     info = data_sub.add_parser("info", help="per asset: rows, first/last date, gaps, dropped rows; totals per category")
     _universe_args(info)
@@ -184,11 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.set_defaults(func=cmd_train)
 
-    from . import cluster, evaluate, forecast_cli, signals
+    from . import backtest, cluster, evaluate, forecast_cli, signals
 
     evaluate.add_commands(sub)
     forecast_cli.add_commands(sub)
     signals.add_commands(sub)
+    backtest.add_commands(sub)
     cluster.add_commands(sub)
     return parser
 

@@ -300,8 +300,8 @@ def write_job_script(cfg_path: str | Path, options: SlurmOptions | None = None, 
     options = options or SlurmOptions()
     path = Path(output) if output else default_script_path(cfg_path, options)
     text = job_script(cfg_path, options, path)
-    writable_file(path, "job script")
     writable_dir(options.log_dir, "log folder (--log-dir)")
+    writable_file(path, "job script")
     path.write_text(text)
     path.chmod(0o755)
     return path

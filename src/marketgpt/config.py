@@ -185,8 +185,10 @@ def check_name(value: str, where: str) -> str:
 def writable_dir(path: str | Path, what: str) -> Path:
     """Create a folder (with its parents) and prove that it takes files, before any work that would be lost."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise MarketGPTError(f"{path}: the {what} is a file, not a folder")
+    above = next((p for p in (path, *path.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        where = "it" if above == path else str(above)
+        raise MarketGPTError(f"{path}: cannot write the {what} there ({where} is a file, not a folder)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):

@@ -198,6 +198,24 @@ def _asset_starts(frame: pd.DataFrame) -> np.ndarray:
     return first
 
 
+def _check_date_order(frame: pd.DataFrame, first: np.ndarray) -> None:
+    """Each feature pairs a candle with the one before it, so within an asset the dates must rise strictly: a
+    descending frame would encode every return reversed, and two candles on one date a return of nothing."""
+    if "date" not in frame.columns or len(frame) < 2:
+        return
+    try:
+        dates = pd.to_datetime(frame["date"], format="ISO8601").to_numpy()
+    except (ValueError, TypeError):
+        raise MarketGPTError("candle frame: the date column holds values that are not dates") from None
+    bad = np.flatnonzero(~first[1:] & ~(dates[1:] > dates[:-1]))
+    if bad.size:
+        i = int(bad[0]) + 1
+        day, before = (pd.Timestamp(d).strftime("%Y-%m-%d") for d in (dates[i], dates[i - 1]))
+        what = "the same date as" if day == before else "earlier than"
+        raise MarketGPTError(f"candle frame row {i}: date {day} is {what} row {i - 1} ({before}); sort each asset by "
+                             f"date and drop duplicate dates first")
+
+
 _SIGN_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
 _LUT_MANTISSA_BITS = 8  # table cells: 1/256 of a binade (0.4% relative width)
 
@@ -354,6 +372,7 @@ class CandleTokenizer:
     def _features_cm(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Features of every candle but each asset's first, channel-major: (C, rows), and their frame positions."""
         first = _asset_starts(frame)
+        _check_date_order(frame, first)
         o, h, l, c = (_as_float(frame, k) for k in _PRICE_COLUMNS)
         for name, x in zip(_PRICE_COLUMNS, (o, h, l, c)):
             if not (np.isfinite(x).all() and (x > 0).all()):

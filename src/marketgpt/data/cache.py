@@ -33,6 +33,7 @@ class Provenance:
     fetched_at: str
     source: str = ""
     dropped: dict[str, int] = field(default_factory=dict)
+    source_stamp: dict = field(default_factory=dict)   # the source file's name, size, time and hash (files)
 
 
 def cache_folder(provider: str) -> str:

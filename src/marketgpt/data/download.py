@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from ..config import DATE_FORMAT, check_date
+from ..config import DATE_FORMAT, check_date, writable_dir
 from ..errors import MarketGPTError
 from ..progress import progress
 from .cache import CandleCache, Provenance
@@ -23,6 +23,7 @@ class DownloadReport:
     unchanged: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)    # symbol -> one-line reason
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    changed: dict[str, str] = field(default_factory=dict)   # symbol -> why it was read again from scratch
 
 
 def check_dates(start: str, end: str) -> tuple[str, str]:
@@ -47,10 +48,27 @@ def _missing_ranges(prov: Provenance | None, cached: pd.DataFrame | None, start:
     return ranges
 
 
+def source_change(prov: Provenance | None, stamp: dict) -> str:
+    """What changed in an asset's source file since it was cached ("" when nothing did or there is no file)."""
+    if prov is None or not stamp or prov.source_stamp == stamp:
+        return ""
+    old = prov.source_stamp
+    if not old:
+        return f"{stamp['file']}: the cache does not record the file's size and time"
+    what = [f"{key} {old.get(key)} -> {stamp[key]}" for key in ("file", "size", "modified") if old.get(key) != stamp[key]]
+    return f"{stamp['file']} changed since it was cached ({', '.join(what) or 'content'})"
+
+
 def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start: str, end: str,
-                 policy: str) -> tuple[int, dict[str, int]]:
-    """Fetch what is missing for one asset, validate it and merge it into the cache; return (new rows, dropped)."""
+                 policy: str, refresh: bool = False) -> tuple[int, dict[str, int], str]:
+    """Fetch what is missing for one asset, validate it and merge it into the cache; return (new rows, dropped,
+    why the cache was read again from scratch). A source file that changed since it was cached, or `refresh`,
+    replaces the cached candles instead of adding to them: an edited row must not be kept in its old form."""
     prov = cache.provenance(asset.symbol)
+    stamp = provider.stamp(asset)
+    changed = source_change(prov, stamp) or ("--refresh" if refresh and prov else "")
+    if changed:
+        prov = None
     cached = cache.read(asset.symbol) if prov else None
     ranges = _missing_ranges(prov, cached, start, end)
     parts = [] if cached is None else [cached]
@@ -65,14 +83,14 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
                 continue   # nothing new in this range
             raise
         candles, counts = validate_candles(fetched.frame, f"{fetched.source} (asset {asset.symbol})", policy,
-                                           fetched.row_label)
+                                           fetched.row_label, fetched.date_format, lo or None, hi or None)
         for rule, n in counts.items():
             dropped[rule] = dropped.get(rule, 0) + n
         new_rows += len(candles)
         parts.append(candles)
         source = fetched.source
     if not new_rows and cached is not None:
-        return 0, dropped
+        return 0, dropped, changed
     merged = pd.concat(parts, ignore_index=True).drop_duplicates("date", keep="last").sort_values("date")
     if merged.empty:
         raise MarketGPTError(f"{source or provider.name} (asset {asset.symbol}): no valid candles")
@@ -80,23 +98,28 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
     cache.write(asset.symbol, merged, Provenance(
         provider=provider.name, provider_symbol=provider.provider_symbol(asset),
         requested_start=requested_start, requested_end=end or "",
-        fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source, dropped=dropped))
-    return new_rows, dropped
+        fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source, dropped=dropped,
+        source_stamp=stamp))
+    return new_rows, dropped, changed
 
 
 def download_universe(universe: pd.DataFrame, provider: Provider, cache: CandleCache, start: str = "",
-                      end: str = "", policy: str = "fail") -> DownloadReport:
-    """Update every asset; one asset's failure is reported and does not stop the others."""
+                      end: str = "", policy: str = "fail", refresh: bool = False) -> DownloadReport:
+    """Update every asset (`refresh`: read each again from scratch); one asset's failure is reported and does not
+    stop the others."""
     start, end = check_dates(start, end)
+    writable_dir(cache.root, "cache folder (--data-dir)")
     provider.prepare()
     report = DownloadReport()
     for asset in progress(list(universe.itertuples(index=False)), desc=f"download ({provider.name})"):
         asset = pd.Series(asset._asdict())
         try:
-            rows, dropped = update_asset(asset, provider, cache, start, end, policy)
+            rows, dropped, changed = update_asset(asset, provider, cache, start, end, policy, refresh)
         except MarketGPTError as exc:
             report.failed[asset.symbol] = str(exc)
             continue
+        if changed:
+            report.changed[asset.symbol] = changed
         if rows:
             report.updated[asset.symbol] = rows
         else:

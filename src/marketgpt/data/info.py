@@ -41,3 +41,13 @@ def format_info(assets: pd.DataFrame, categories: pd.DataFrame) -> str:
     lines = [assets[cols].to_string(index=False), "", categories.to_string(index=False), "",
              f"total: {len(assets)} assets, {int(assets.cached.sum())} cached, {int(assets.rows.sum())} candles"]
     return "\n".join(lines)
+
+
+def empty_cache_hint(cache: CandleCache, command: str) -> str:
+    """Where `data info` looked when it found nothing, what else is cached there, and how to fill it."""
+    where = f"{cache.root}" + ("" if cache.root.parent.is_dir() or not cache.root.parent.exists()
+                               else f" ({cache.root.parent} is a file, not a folder)")
+    others = sorted(p.name for p in cache.root.parent.glob("*/") if p != cache.root and any(p.glob("*.parquet"))) \
+        if cache.root.parent.is_dir() else []
+    found = f"; candles of other providers are cached there: {', '.join(others)} (--provider)" if others else ""
+    return f"nothing cached under {where}{found}; fill it with `{command}`"

@@ -5,17 +5,22 @@ Validation and caching happen downstream; a provider only fetches and names its 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
+import logging
+import re
 import time
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from ..errors import MarketGPTError
-from .validate import normalize_columns
+from .validate import check_date_format, normalize_columns
 
 DAY_MS = 86_400_000
 DEFAULT_EXCHANGE = "binance"
@@ -47,6 +52,7 @@ class Fetched:
     frame: pd.DataFrame   # for files, the index holds each row's line number in the file
     source: str
     row_label: str = "row"
+    date_format: str = ""  # the format of the date column's strings, when given by the user
 
 
 class Provider:
@@ -62,15 +68,10 @@ class Provider:
     def provider_symbol(self, asset: pd.Series) -> str:
         return asset.symbol
 
-
-def _between(frame: pd.DataFrame, start: str | None, end: str | None) -> pd.DataFrame:
-    dates = pd.to_datetime(frame["date"].astype(str).str.slice(0, 10), errors="coerce")
-    keep = pd.Series(True, index=frame.index)
-    if start:
-        keep &= ~(dates < pd.Timestamp(start))
-    if end:
-        keep &= ~(dates > pd.Timestamp(end))
-    return frame.loc[keep]
+    def stamp(self, asset: pd.Series) -> dict:
+        """What identifies the source's current content, kept in the cache's provenance, so that an edited source
+        is read again; {} when the provider cannot tell (a network source is only ever extended)."""
+        return {}
 
 
 class SampleProvider(Provider):
@@ -105,8 +106,7 @@ class SampleProvider(Provider):
 
     def fetch(self, asset, start, end):
         raw = self._load(asset.symbol).drop(columns=["Adj Close"], errors="ignore")
-        frame = raw.rename_axis("date").reset_index()
-        return Fetched(_between(frame, start, end), f"sample:{asset.symbol}")
+        return Fetched(raw.rename_axis("date").reset_index(), f"sample:{asset.symbol}")
 
 
 class FilesProvider(Provider):
@@ -119,8 +119,9 @@ class FilesProvider(Provider):
     offline = True
     SUFFIXES = (".csv.gz", ".csv", ".parquet")
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, date_format: str = ""):
         self.root = Path(root)
+        self.date_format = check_date_format(date_format) if date_format else ""
         if not self.root.is_dir():
             raise MarketGPTError(f"files provider: folder {self.root} does not exist")
 
@@ -135,15 +136,39 @@ class FilesProvider(Provider):
         raise MarketGPTError(f"files provider: no file for asset {asset.symbol} under {self.root} "
                              f"(looked for {asset.category}/{asset.symbol}.csv[.gz|.parquet] and {asset.symbol}.*)")
 
+    def stamp(self, asset):
+        try:
+            path = self.path_of(asset)
+        except MarketGPTError:   # no file (any more): fetch says so; a cached copy stays usable meanwhile
+            return {}
+        stat = path.stat()
+        return {"file": path.name, "size": stat.st_size,
+                "modified": datetime.fromtimestamp(stat.st_mtime).isoformat(timespec="seconds"),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
     def fetch(self, asset, start, end):
         path = self.path_of(asset)
-        frame = normalize_columns(read_candle_file(path), str(path))
-        return Fetched(_between(frame, start, end), str(path), "line")
+        return Fetched(normalize_columns(read_candle_file(path), str(path)), str(path), "line", self.date_format)
 
 
 def read_candle_file(path: Path) -> pd.DataFrame:
-    """Read a CSV (optionally gzip, as strings, indexed by line number) or a Parquet file (indexed by row)."""
+    """Read a CSV (optionally gzip, as strings, indexed by line number) or a Parquet file (indexed by row).
+
+    The first bytes decide what the file is, so a file whose name says otherwise gets a message, not a decoding
+    error from the middle of pandas."""
+    gzipped = path.name.endswith(".gz")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+        magic = head[:4]
+        if magic.startswith(b"\x1f\x8b") != gzipped or (magic == b"PAR1") != (path.suffix == ".parquet"):
+            kind = "gzip-compressed" if magic.startswith(b"\x1f\x8b") else "Parquet" if magic == b"PAR1" else "plain text"
+            base = next((path.name[:-len(x)] for x in FilesProvider.SUFFIXES if path.name.endswith(x)), path.stem)
+            raise MarketGPTError(f"{path}: the file is {kind} but named {path.name[len(base):] or 'without a suffix'}; "
+                                 f"rename it to {base}{SUFFIX_OF[kind]}")
+        if b"\0" in head and not gzipped and path.suffix != ".parquet":
+            raise MarketGPTError(f"{path}: binary data, not a text CSV; expected UTF-8 text, a .csv.gz or a "
+                                 f".parquet file")
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path).reset_index(drop=True)
             frame.index += 1
@@ -153,10 +178,41 @@ def read_candle_file(path: Path) -> pd.DataFrame:
         raise MarketGPTError(f"{path}: corrupt CSV: {str(exc).strip()}") from None
     except pd.errors.EmptyDataError:
         raise MarketGPTError(f"{path}: the file is empty") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        raise MarketGPTError(f"{path}: not a text CSV (undecodable byte at position {exc.start}); expected UTF-8 "
+                             f"text, a .csv.gz or a .parquet file") from None
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise MarketGPTError(f"{path}: unreadable file ({describe_error(exc)})") from None
     frame.index += 2
     return frame[(frame != "").any(axis=1)]
+
+
+SUFFIX_OF = {"gzip-compressed": ".csv.gz", "Parquet": ".parquet", "plain text": ".csv"}
+
+
+NETWORK_ERROR = re.compile(r"resolve host|DNSError|ConnectionError|ConnectError|timed out|Timeout|curl: \(\d+\)|"
+                           r"Network is unreachable|Failed to connect", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def logged_errors(name: str):
+    """The error messages a library logs while the block runs (yfinance reports why a download is empty only in its
+    log), kept from the terminal: the caller puts them in its own one-line message."""
+    errors: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            errors.append(record.getMessage())
+
+    logger = logging.getLogger(name)
+    handler, propagate = Keep(logging.ERROR), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield errors
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 class YFinanceProvider(Provider):
@@ -178,11 +234,18 @@ class YFinanceProvider(Provider):
         ticker = self.provider_symbol(asset)
         self.prepare()
         end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d") if end else None
-        raw = self._download(ticker, start=start or "1990-01-01", end=end_exclusive, interval="1d",
-                             auto_adjust=False, actions=False, progress=False)
+        with logged_errors("yfinance") as errors:
+            raw = self._download(ticker, start=start or "1990-01-01", end=end_exclusive, interval="1d",
+                                 auto_adjust=False, actions=False, progress=False)
         if raw is None or len(raw) == 0:
+            said = " ".join(" ".join(errors).split())
+            network = NETWORK_ERROR.search(said)
+            if network:   # not NoCandles: a cached asset must not pass for up to date
+                raise MarketGPTError(f"yfinance: cannot reach Yahoo Finance for {asset.symbol} (ticker {ticker}): "
+                                     f"{said[network.start():].split(' See ')[0][:200]}; check the network connection")
             raise NoCandles(f"yfinance: no data for {asset.symbol} (ticker {ticker}) between {start or 'the start'} "
-                            f"and {end or 'today'}: unknown ticker, delisted, or no candles in that range")
+                            f"and {end or 'today'}: unknown ticker, delisted, or no candles in that range"
+                            + (f" (yfinance: {said[:300]})" if said else ""))
         if isinstance(raw.columns, pd.MultiIndex):
             level = 0 if "Close" in raw.columns.get_level_values(0) else 1
             raw = raw.copy()
@@ -263,21 +326,24 @@ class CCXTProvider(Provider):
             raise NoCandles(f"ccxt {self.exchange_id}: no candles for {asset.symbol} ({market}) from {start or '2010-01-01'}")
         frame = pd.DataFrame(rows, columns=["timestamp", "open", "high", "low", "close", "volume"])
         frame.insert(0, "date", pd.to_datetime(frame.pop("timestamp"), unit="ms").dt.strftime("%Y-%m-%d"))
-        return Fetched(_between(frame, start, end), f"ccxt:{self.exchange_id}:{market}")
+        return Fetched(frame, f"ccxt:{self.exchange_id}:{market}")
 
 
 PROVIDERS = ("sample", "files", "yfinance", "ccxt")
 
 
-def get_provider(name: str, root: str | Path | None = None) -> Provider:
-    """Build a provider by name; `files` takes the folder as `files:PATH` or `root`."""
+def get_provider(name: str, root: str | Path | None = None, date_format: str = "") -> Provider:
+    """Build a provider by name; `files` takes the folder as `files:PATH` or `root`, and the format of its dates
+    when they cannot be told apart (day/month or month/day)."""
     kind, _, arg = name.partition(":")
+    if date_format and kind != "files":
+        raise MarketGPTError(f"--date-format is for the files provider; provider {name} gives dates, not text")
     if kind == "sample":
         return SampleProvider()
     if kind == "files":
         if not (arg or root):
             raise MarketGPTError("files provider needs a folder: --provider files:PATH")
-        return FilesProvider(arg or root)
+        return FilesProvider(arg or root, date_format)
     if kind == "yfinance":
         return YFinanceProvider()
     if kind == "ccxt":
