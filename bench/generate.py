@@ -15,7 +15,7 @@ forward of 32 x 512 = 16k positions is already compute-bound). The cached side i
 paths, for the ratio. On a GPU both sides run the full paths and steps.
 
 Targets: >= 8x at context 128, >= 20x at context 512. Writes bench/results/generate.json.
-Run: `python bench/generate.py [--paths 512] [--steps 21] [--cases c,a]` (about 10 minutes on 2 CPU cores).
+Run: `python bench/generate.py [--paths 512] [--steps 21] [--cases c,a]` (about 20 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ TARGETS = {"c": 8.0, "a": 20.0}
 HORIZON_DAYS = 21
 
 
-def timed(model, prompt, paths: int, steps: int, use_cache: bool, device) -> dict:
+def timed(model, prompt, paths: int, steps: int, use_cache: bool, device, repeats: int) -> dict:
+    """Best of `repeats` timings: other load on the machine only ever slows a run down."""
     sample_paths(model, [prompt], 1, min(paths, 8), use_cache=use_cache)     # warm-up: allocation, kernels
-    sync(device)
-    t0 = time.perf_counter()
-    sample_paths(model, [prompt], steps, paths, seed=1, use_cache=use_cache)
-    sync(device)
-    seconds = time.perf_counter() - t0
+    seconds = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        sample_paths(model, [prompt], steps, paths, seed=1, use_cache=use_cache)
+        sync(device)
+        seconds = min(seconds, time.perf_counter() - t0)
     candles = paths * steps / seconds
     return {"paths": paths, "steps": steps, "seconds": round(seconds, 3), "candles_per_s": candles,
             "tokens_per_s": candles * CHANNELS, "paths_per_s_21d": candles / HORIZON_DAYS}
@@ -57,9 +60,11 @@ def main() -> int:
     parser.add_argument("--reference-paths", type=int, default=32, help="uncached Case A paths on a CPU")
     parser.add_argument("--reference-steps", type=int, default=2, help="uncached steps on a CPU")
     parser.add_argument("--cases", default="c,a")
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many timings per side")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = {"machine": machine(device), "paths": args.paths, "steps": args.steps, "shapes": []}
+    result = {"machine": machine(device), "paths": args.paths, "steps": args.steps, "repeats": args.repeats,
+              "shapes": []}
     print(describe(result["machine"]))
     for case in args.cases.split(","):
         cfg = case_config(case)
@@ -70,9 +75,10 @@ def main() -> int:
         cpu = device.type != "cuda"
         ref_paths = min(args.paths, args.reference_paths) if cpu and case == "a" else args.paths
         ref_steps = min(args.steps, args.reference_steps) if cpu else args.steps
-        cached = timed(model, prompt, args.paths, args.steps, True, device)
-        cached_ref = cached if ref_paths == args.paths else timed(model, prompt, ref_paths, args.steps, True, device)
-        plain = timed(model, prompt, ref_paths, ref_steps, False, device)
+        r = args.repeats
+        cached = timed(model, prompt, args.paths, args.steps, True, device, r)
+        cached_ref = cached if ref_paths == args.paths else timed(model, prompt, ref_paths, args.steps, True, device, r)
+        plain = timed(model, prompt, ref_paths, ref_steps, False, device, r)
         ratio = cached_ref["candles_per_s"] / plain["candles_per_s"]
         shape = {"case": case, "context_length": T, "d_model": cfg.model.d_model, "num_layers": cfg.model.num_layers,
                  "vocab_size": V, "cached": cached, "cached_at_reference_paths": cached_ref, "uncached": plain,
