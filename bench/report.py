@@ -17,7 +17,8 @@ def machine_text(m) -> str:
     if isinstance(m, str):
         return m
     if "cpu" in m:   # bench/common.py machine()
-        text = f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads)"
+        text = f"{m['cpu']}, {m['cpu_count']} CPUs" + (f", torch {m['torch']} ({m['torch_threads']} threads)"
+                                                      if "torch" in m else "")
         if m.get("gpu"):
             text = f"{m['gpu']} x{m.get('gpu_count', 1)}; " + text
         return text
