@@ -61,19 +61,22 @@ def prices(T, A, seed=0, missing=()):
 
 
 @pytest.mark.parametrize("fill", ["open", "close"])
-def test_engine_equals_a_plain_loop_with_costs_missing_bars_and_an_early_end(fill):
+@pytest.mark.parametrize("gaps", [True, False])
+def test_engine_equals_a_plain_loop_with_costs(fill, gaps):
+    """With gaps (missing bars, an asset that ends early: each asset's own bars) and dense (bars are rows)."""
     T, A = 60, 4
-    missing = [(5, 1), (6, 1), (20, 2), (33, 0)] + [(t, 3) for t in range(45, T)]   # asset 3 ends early
+    missing = [(5, 1), (6, 1), (20, 2), (33, 0)] + [(t, 3) for t in range(45, T)] if gaps else []
     close, open_ = prices(T, A, 1, missing)
     rng = np.random.default_rng(2)
     signal = rng.choice([-1.0, 0.0, 1.0], size=(T, A))
     weights = engine.equal_weights(np.where(np.isfinite(close), signal, np.nan))
-    horizon = np.array([3, 1, 5, 2])
-    result = engine.run(weights, close, open_, horizon, cost=0.0007, fill=fill)
-    expected = loop_backtest(weights, close, open_, horizon, 0.0007, fill)
-    assert np.max(np.abs(result.equity - expected)) < 1e-9
-    assert np.all(result.book[45:, 3] == 0)
-    assert abs(result.equity[-1] - 1) > 1e-3          # the example moves: equality is not of two flat lines
+    for horizon in (np.array([3, 1, 5, 2]), np.full(A, 4)):
+        result = engine.run(weights, close, open_, horizon, cost=0.0007, fill=fill)
+        expected = loop_backtest(weights, close, open_, horizon, 0.0007, fill)
+        assert np.max(np.abs(result.equity - expected)) < 1e-9
+        assert abs(result.equity[-1] - 1) > 1e-3      # the example moves: equality is not of two flat lines
+    if gaps:
+        assert np.all(result.book[45:, 3] == 0)
 
 
 def test_tranches_hold_a_signal_h_bars_one_part_per_day():

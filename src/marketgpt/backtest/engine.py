@@ -31,42 +31,75 @@ assets that have a bar on the row. Equity is the running product; a short positi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 FILLS = ("open", "close")
 
 
-@dataclass
 class Result:
-    """Daily results of one backtest (T rows)."""
+    """Daily results of one backtest (T rows, A assets). book, pnl and trades are computed when first read."""
 
-    returns: np.ndarray      # (T,) simple return of the book on each row, after costs
-    equity: np.ndarray       # (T,) running product of 1 + returns (1 before the first row)
-    book: np.ndarray         # (T, A) each asset's position after the row's fills (0 before its first bar)
-    turnover: np.ndarray     # (T,) sum_a |change of position| filled on the row
-    costs: np.ndarray        # (T,) fraction of the book paid on the row
-    pnl: np.ndarray          # (T, A) additive contribution of each asset to the row's return, after its costs
-    trades: np.ndarray       # P&L of each trade (see trade_pnl), in book units
+    def __init__(self, returns, turnover, cost, bars, new, old, gain_old, gain_new, change):
+        self.returns = returns                  # (T,) simple return of the book on each row, after costs
+        self.equity = np.cumprod(1 + returns)   # (T,) running product (1 before the first row)
+        self.turnover = turnover                # (T,) sum_a |change of position| filled on the row
+        self.costs = cost * turnover            # (T,) fraction of the book paid on the row
+        self._bars, self._new, self._old, self._cost = bars, new, old, cost
+        self._gain_old, self._gain_new, self._change = gain_old, gain_new, change
+
+    @cached_property
+    def _pnl_new(self) -> np.ndarray:
+        """(T, A) what the position filled on each row earned on it, less that fill's cost."""
+        paid = self._change * self._cost
+        return -paid if self._gain_new is None else self._gain_new - paid
+
+    @cached_property
+    def book(self) -> np.ndarray:
+        """(T, A) each asset's position after the row's fills (0 before its first bar)."""
+        return self._new if self._bars.dense else np.where(self._bars.count > 0, self._new, 0.0)
 
     @property
     def exposure(self) -> np.ndarray:
         """(T,) gross exposure sum_a |position| after each row's fills."""
         return np.abs(self.book).sum(axis=1)
 
+    @cached_property
+    def pnl(self) -> np.ndarray:
+        """(T, A) additive contribution of each asset to the row's return, after its costs."""
+        return self._gain_old + self._pnl_new
+
+    @cached_property
+    def trades(self) -> np.ndarray:
+        """P&L of each trade (see trade_pnl), in book units."""
+        return trade_pnl(self._bars, self._new, self._old, self._gain_old, self._pnl_new)
+
 
 class Bars:
-    """Each asset's own bars in a panel: count[t, a] = bars of a up to row t, row_of[k, a] = the row of its bar k."""
+    """Each asset's own bars in a panel: count[t, a] = bars of a up to row t, row_of[k, a] = the row of its bar k.
+    A dense panel (every asset has a bar on every row) has bars = rows, and every shift is a slice."""
 
     def __init__(self, valid: np.ndarray):
         self.valid = valid
-        self.count = np.cumsum(valid, axis=0)
-        self.row_of = np.argsort(~valid, axis=0, kind="stable")
-        self.n = self.count[-1] if len(valid) else np.zeros(valid.shape[1], dtype=int)
+        self.dense = bool(valid.all())
 
-    def ended(self) -> np.ndarray:
-        """(T, A): rows from the last bar on, of each asset whose bars end before the panel does."""
+    @cached_property
+    def count(self) -> np.ndarray:
+        return np.cumsum(self.valid, axis=0)
+
+    @cached_property
+    def row_of(self) -> np.ndarray:
+        return np.argsort(~self.valid, axis=0, kind="stable")
+
+    @cached_property
+    def n(self) -> np.ndarray:
+        return self.valid.sum(axis=0)
+
+    def ended(self) -> np.ndarray | None:
+        """(T, A): rows from the last bar on, of each asset whose bars end before the panel does (None: none)."""
+        if self.dense:
+            return None
         T = len(self.valid)
         last = np.take_along_axis(self.row_of, np.maximum(self.n - 1, 0)[None, :], axis=0)[0]
         return (np.arange(T)[:, None] >= last) & ((last < T - 1) & (self.n > 0))[None, :]
@@ -74,17 +107,52 @@ class Bars:
     def shift(self, x: np.ndarray, back, fill=0.0) -> np.ndarray:
         """x at each asset's bar `back` bars before the one at (or last before) row t; `fill` where that bar does
         not exist. back may be negative (bars ahead) and per asset, an (A,) array."""
+        if self.dense:
+            return _slide(x, back, fill)
         k = self.count - 1 - np.asarray(back)
         ok = (k >= 0) & (k < self.n) & (self.count > 0)
         rows = np.take_along_axis(self.row_of, np.clip(k, 0, max(len(x) - 1, 0)), axis=0)
         return np.where(ok, np.take_along_axis(x, rows, axis=0), fill)
 
 
+def _slide(x: np.ndarray, back, fill) -> np.ndarray:
+    """x moved down `back` rows (up for negative), `fill` in the rows it leaves; back one int or one per column."""
+    back = np.asarray(back)
+    if back.ndim:
+        out = np.full(x.shape, fill, dtype=np.result_type(x, np.asarray(fill)))
+        for b in np.unique(back):
+            out = np.where(back == b, _slide(x, int(b), fill), out)
+        return out
+    b, T = int(back), len(x)
+    out = np.empty(x.shape, dtype=np.result_type(x, np.asarray(fill)))
+    if b >= 0:
+        out[:min(b, T)] = fill
+        out[b:] = x[:T - b] if b < T else out[b:]
+    else:
+        out[max(T + b, 0):] = fill
+        out[:b] = x[-b:] if -b < T else out[:b]
+    return out
+
+
 def tranche_book(weights: np.ndarray, bars: Bars, horizon) -> np.ndarray:
-    """D at every row: the mean of an asset's last h tranche weights over its own bars (held flat between bars)."""
+    """D at every row: the mean of an asset's last h tranche weights over its own bars (held flat between bars).
+    A dense panel adds h shifted copies (exact, and faster than a cumulative sum for short horizons)."""
     h = np.broadcast_to(np.asarray(horizon), weights.shape[1:])
-    total = np.cumsum(np.where(bars.valid, np.nan_to_num(weights), 0.0), axis=0)
-    return (total - bars.shift(total, h)) / h
+    w = np.where(np.isnan(weights), 0.0, weights) if np.isnan(weights).any() else weights
+    if not bars.dense:
+        w = np.where(bars.valid, w, 0.0)
+        total = np.cumsum(w, axis=0)
+        return (total - bars.shift(total, h)) / h
+    # in place: on a 600 x 5,000 panel a fresh array costs more (page faults) than the sums themselves
+    total = w.copy()
+    book = total if (h == h.flat[0]).all() else np.empty_like(w)
+    for j in range(1, int(h.max()) + 1):
+        if j > 1 and j - 1 < len(w):
+            total[j - 1:] += w[:len(w) - j + 1]
+        if book is not total and (h == j).any():
+            np.copyto(book, total, where=(h == j))
+    book /= h
+    return book
 
 
 def run(weights, close, open_=None, horizon=1, cost: float = 0.0, fill: str = "open") -> Result:
@@ -97,28 +165,36 @@ def run(weights, close, open_=None, horizon=1, cost: float = 0.0, fill: str = "o
     if fill == "open" and open_ is None:
         raise ValueError("fill 'open' needs open prices")
     bars = Bars(np.isfinite(close))
-    valid = bars.valid
     book = tranche_book(weights, bars, horizon)
-    new = np.where(bars.ended(), 0.0, bars.shift(book, 1))     # D_{k-1}: filled on bar k
+    new = bars.shift(book, 1)                  # D_{k-1}: filled on bar k
+    ended = bars.ended()
+    if ended is not None:
+        new[ended] = 0.0
     old = bars.shift(book, 2)                  # D_{k-2}: held into bar k
     prev_close = bars.shift(close, 1, np.nan)
-    change = np.where(valid, np.abs(new - old), 0.0)
-    asset_cost = cost * change
+    # rows that earn nothing: an asset's first bar (no bar before it) and rows without a bar; dense: row 0 only
+    first = 0 if bars.dense else ~(np.isfinite(prev_close) & bars.valid)
+    change = np.subtract(new, old)
+    np.abs(change, out=change)
+    if not bars.dense:
+        change[~bars.valid] = 0.0
     if fill == "open":
         open_ = np.asarray(open_, dtype=np.float64)
-        overnight = np.where(valid & np.isfinite(prev_close), open_ / prev_close - 1, 0.0)
-        intraday = np.where(valid, close / open_ - 1, 0.0)
-        gain_old, gain_new = old * overnight, new * intraday
-        factor = (1 + gain_old.sum(1)) * (1 - asset_cost.sum(1)) * (1 + gain_new.sum(1))
+        gain_old = np.divide(open_, prev_close, out=prev_close)
+        gain_new = np.divide(close, open_)
     else:
-        move = np.where(valid & np.isfinite(prev_close), close / prev_close - 1, 0.0)
-        gain_old, gain_new = old * move, np.zeros_like(move)
-        factor = (1 + gain_old.sum(1)) * (1 - asset_cost.sum(1))
-    pnl = gain_old + gain_new - asset_cost
-    returns = factor - 1
-    position = np.where(bars.count > 0, new, 0.0)
-    trades = trade_pnl(bars, new, old, gain_old, gain_new - asset_cost)
-    return Result(returns, np.cumprod(factor), position, change.sum(1), asset_cost.sum(1), pnl, trades)
+        gain_old, gain_new = np.divide(close, prev_close, out=prev_close), None
+    gain_old -= 1
+    gain_old *= old
+    gain_old[first] = 0.0
+    turnover = change.sum(1)
+    factor = (1 + gain_old.sum(1)) * (1 - cost * turnover)
+    if gain_new is not None:
+        gain_new -= 1
+        gain_new *= new
+        gain_new[first] = 0.0
+        factor *= 1 + gain_new.sum(1)
+    return Result(factor - 1, turnover, cost, bars, new, old, gain_old, gain_new, change)
 
 
 def trade_pnl(bars: Bars, new, old, pnl_old, pnl_new) -> np.ndarray:
@@ -127,20 +203,15 @@ def trade_pnl(bars: Bars, new, old, pnl_old, pnl_new) -> np.ndarray:
     belongs to the position held into a bar, pnl_new (with the bar's cost) to the one filled on it, and a cost paid
     to go flat to the trade it closes. Trades still open at the end count with their P&L so far."""
     sign_new, sign_old = np.sign(new), np.sign(old)
-    start = np.where(bars.valid, (sign_new != sign_old) & (sign_new != 0), False)
-    run_id = np.cumsum(start, axis=0)                       # the trade filled on each row (with sign_new)
-    old_id = np.where(start, run_id - 1, run_id)            # the trade held into the row
-    closes = bars.valid & (sign_new == 0)
-    width = int(run_id.max()) + 2 if run_id.size else 2
-    offset = np.arange(new.shape[1]) * width
-    keys = np.concatenate([(old_id + offset)[bars.valid & (sign_old != 0)],
-                           (run_id + offset)[bars.valid & (sign_new != 0)],
-                           (old_id + offset)[closes & (sign_old != 0)]])
-    values = np.concatenate([pnl_old[bars.valid & (sign_old != 0)], pnl_new[bars.valid & (sign_new != 0)],
-                             pnl_new[closes & (sign_old != 0)]])
-    totals = np.bincount(keys, values, minlength=width * new.shape[1])
-    opened = np.bincount((run_id + offset)[start], minlength=width * new.shape[1]) > 0
-    return totals[opened]
+    start = bars.valid & (sign_new != sign_old) & (sign_new != 0)
+    starts = start.sum(axis=0)
+    offset = np.concatenate([[0], np.cumsum(starts + 1)[:-1]])          # ids of column a: offset_a .. + starts_a
+    held = np.cumsum(start, axis=0) + offset                             # the trade filled on or before each row
+    before = held - start                                                # the trade held into the row
+    filled = np.where(sign_new != 0, held, before)
+    size = int(offset[-1] + starts[-1] + 1) if len(offset) else 0
+    totals = np.bincount(before.ravel(), pnl_old.ravel(), size) + np.bincount(filled.ravel(), pnl_new.ravel(), size)
+    return totals[held[start]]
 
 
 def equal_weights(signal: np.ndarray, strength: np.ndarray | None = None) -> np.ndarray:
