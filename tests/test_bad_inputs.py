@@ -6,19 +6,26 @@ are compared before and after. The cases run two at a time in one fixture (each 
 check one case each, so a failure names its case.
 """
 
+import dataclasses
 import gzip
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pytest
-from helpers import CONFIGS, run_cli, small_config
+from helpers import CONFIGS, run_cli, run_dir_of, small_config
 
 from marketgpt.data import load_universe, time_split
 from marketgpt.errors import MarketGPTError
@@ -67,6 +74,13 @@ class World:
 
     def universe(self, case: str, rows: str) -> Path:
         return self.write(f"universes/{case}.csv", "symbol,category,yfinance\n" + rows)
+
+    def run_copy(self, case: str, without: tuple[str, ...] = ()) -> Path:
+        """A copy of the finished tiny run for one case (less some files), so no case can spoil another's."""
+        copy = self.root / "run_copies" / case
+        if not copy.exists():
+            shutil.copytree(self.run, copy, ignore=shutil.ignore_patterns(*without) if without else None)
+        return copy
 
 
 @dataclass
@@ -172,6 +186,29 @@ CASES = [
         "two-bad", data={"universe": str(w.path("universes/two_bad.csv")), "provider": f"files:{w.path('sources/bad')}",
                          "data_dir": str(w.path("caches/bad"))}, training={"checkpoint_dir": str(w.path("runs/bad"))})],
          ("AAA", "BBB", "2 asset(s) failed"), keep=nothing_in("runs/bad")),
+    # 4. nothing lost or overwritten without asking; 5. run states; 9. resume of a finished run
+    Case("run-dir-on-a-finished-run", lambda w: ["train", w.config("plain"), "--run-dir", w.run_copy("finished")],
+         ("finished", "already finished", "marketgpt evaluate"), keep=lambda w: w.run_copy("finished")),
+    Case("run-dir-on-a-trained-run-without-last", lambda w: [
+        "train", w.config("plain"), "--run-dir", w.run_copy("no-last", ("last.pt",))],
+         ("no-last", "holds a trained run", "best_model.pt", "another --run-dir"),
+         keep=lambda w: w.run_copy("no-last", ("last.pt",))),
+    Case("resume-a-finished-run", lambda w: ["train", "--resume", w.run_copy("resume")],
+         ("resume", "already finished (2 of 2 epochs"), keep=lambda w: w.run_copy("resume")),
+    Case("resume-without-last", lambda w: ["train", "--resume", w.run_copy("resume-no-last", ("last.pt",))],
+         ("resume-no-last", "nothing to resume"), keep=lambda w: w.run_copy("resume-no-last", ("last.pt",))),
+    Case("run-dir-not-a-run", lambda w: ["train", w.config("plain"), "--run-dir", w.path("sources")],
+         ("sources", "not a run directory"), keep=nothing_in("sources")),
+    Case("run-dir-under-a-file", lambda w: ["train", w.config("plain"), "--run-dir", w.path("a_file/run")],
+         ("a_file", "is a file")),
+    Case("checkpoint-dir-under-a-file", train_with("ckpt-file", training={"checkpoint_dir": "a_file/runs"}),
+         ("a_file/runs", "training.checkpoint_dir", "is a file")),
+    Case("checkpoint-dir-read-only", train_with("ckpt-ro", training={"checkpoint_dir": "/proc/marketgpt"}),
+         ("/proc/marketgpt", "training.checkpoint_dir", "cannot write")),
+    Case("status-all-with-a-corrupt-log", lambda w: ["status", "--all", "--root", w.path("status_root")],
+         ("broken", "training_log.json", "invalid JSON"), keep=nothing_in("status_root")),
+    Case("context-longer-than-every-asset", train_with("long-context", model={"context_length": 9000}),
+         ("no train windows", "9001"), keep=nothing_in("checkpoints")),
     # 6. injection and path traversal: values that become paths or script lines
     Case("config-name-escapes", train_with("escape", top={"name": "../../escape"}), ("name", "../../escape"),
          absent=lambda w: w.root.parent / "escape"),
@@ -183,9 +220,9 @@ CASES = [
     Case("slurm-set-newline", slurm("set", "--set", "training.epochs=1\nid"), ("--set",)),
     Case("slurm-log-dir-space", slurm("logs", "--log-dir", "my logs"), ("--log-dir",)),
     Case("universe-yfinance-traversal", lambda w: [
-        "data", "download", "--universe", w.universe("traversal", "BTC,crypto,../../outside/ETH-USD\n"),
+        "data", "download", "--universe", w.universe("traversal", "BTC,crypto,../outside/ETH-USD\n"),
         "--provider", f"files:{w.path('files')}", "--data-dir", w.path("traversal-cache")],
-         ("traversal.csv", "line 2", "yfinance", "../../outside/ETH-USD"),
+         ("traversal.csv", "line 2", "yfinance", "../outside/ETH-USD"),
          absent=lambda w: w.path("traversal-cache")),
     Case("universe-symbol-traversal", lambda w: [
         "data", "download", "--universe", w.universe("symbol", "../BTC,crypto,\n"), "--provider", "sample",
@@ -218,9 +255,21 @@ def world(tmp_path_factory) -> World:
     w.write("sources/bad/AAA.csv", good + "2020-02-01,10,9,12,11,100\n")
     w.write("sources/bad/BBB.csv", good + "2020-02-01,10,abc,9,11,100\n")
     w.write("sources/bad/CCC.csv", good)
+    w.run = finished_run(w)
+    for name in ("good", "broken"):
+        shutil.copytree(w.run, w.path(f"status_root/{name}"))
+    w.write("status_root/broken/training_log.json", '{"epochs": [')
     result = run_cli("data", "download", "--case", "sample", "--data-dir", w.data)
     assert result.returncode == 0, result.stderr
     return w
+
+
+def finished_run(w: World) -> Path:
+    """The tiny run of every case that must not overwrite a trained run (2 epochs of 2 steps, no evaluation)."""
+    cfg = w.config("finished", training={"evaluate": False, "checkpoint_dir": str(w.path("finished"))})
+    result = run_cli("train", cfg, "--run-dir", w.path("finished/run"))
+    assert result.returncode == 0, result.stderr
+    return w.path("finished/run")
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +317,147 @@ def test_load_universe_of_a_number_or_nothing():
         load_universe(123)
     with pytest.raises(MarketGPTError, match="no universe given"):
         load_universe("")
+
+
+def test_load_universe_of_a_folder_names_it(tmp_path):
+    with pytest.raises(MarketGPTError, match=str(tmp_path)):
+        load_universe(tmp_path)
+
+
+# --- what must be kept, recorded and told ----------------------------------------------------------------------------
+
+def random_walk(days: int, seed: int) -> str:
+    """Valid daily candles of a random walk, as CSV text."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, days)))
+    opened = np.r_[100, close[:-1]] * np.exp(rng.normal(0, 0.002, days))
+    high, low = np.maximum(opened, close) * 1.01, np.minimum(opened, close) * 0.99
+    dates = pd.bdate_range("2015-01-01", periods=days).strftime("%Y-%m-%d")
+    return HEADER + "".join(f"{d},{o:.4f},{h:.4f},{lo:.4f},{c:.4f},1000\n"
+                            for d, o, h, lo, c in zip(dates, opened, high, low, close))
+
+
+def test_an_edited_source_file_is_read_again_and_refresh_reads_everything(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "XYZ.csv").write_text(HEADER + candle_lines(["2020-01-02", "2020-01-03"]))
+    universe = tmp_path / "u.csv"
+    universe.write_text("symbol,category\nXYZ,us_stocks\n")
+    argv = ["data", "download", "--universe", universe, "--provider", f"files:{src}", "--data-dir", tmp_path / "c"]
+    assert run_cli(*argv).returncode == 0
+    assert "1 already up to date" in run_cli(*argv).stdout
+    (src / "XYZ.csv").write_text(HEADER + "2020-01-02,20,24,18,22,100\n2020-01-03,10,12,9,11,100\n")
+    result = run_cli(*argv)
+    assert result.returncode == 0 and "XYZ: read again from scratch (XYZ.csv changed since it was cached" in result.stdout
+    cached = next((tmp_path / "c").glob("files-*/XYZ.parquet"))
+    assert pd.read_parquet(cached).close.tolist() == [22.0, 11.0]
+    again = run_cli(*argv, "--refresh")
+    assert again.returncode == 0 and "XYZ: read again from scratch (--refresh)" in again.stdout
+
+
+def test_dropped_rows_and_assets_too_short_are_recorded_in_the_run_and_printed(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, symbol in enumerate(("LONG", "OTHER")):
+        (src / f"{symbol}.csv").write_text(random_walk(300, i))
+    (src / "SHORT.csv").write_text(random_walk(20, 7))
+    bad = random_walk(300, 9).splitlines(keepends=True)
+    bad[10] = bad[10].split(",")[0] + ",10,9,12,11,100\n"     # high below low
+    bad[20] = bad[20].split(",")[0] + ",10,abc,9,11,100\n"    # not a number
+    (src / "BAD.csv").write_text("".join(bad))
+    universe = tmp_path / "u.csv"
+    universe.write_text("symbol,category\nLONG,us_stocks\nOTHER,us_stocks\nSHORT,us_stocks\nBAD,us_stocks\n")
+    cfg = json.loads(small_config(tmp_path, max_steps_per_epoch=2, epochs=1, evaluate=False).read_text())
+    cfg["data"].update(universe=str(universe), provider=f"files:{src}", on_bad_rows="drop")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    result = run_cli("train", tmp_path / "cfg.json")
+    assert result.returncode == 0, result.stderr
+    assert "Dropped bad rows (on_bad_rows=drop): BAD 2 (" in result.stdout
+    assert "Skipped assets (no training windows): SHORT (19 token rows, fewer than context_length + 1 = 33)" \
+        in result.stdout
+    run = next((tmp_path / "checkpoints").glob("tiny_*"))
+    info = json.loads((run / "data_info.json").read_text())
+    assert info["skipped_assets"] == ["SHORT"]
+    assert info["dropped_rows"] == {"BAD": {"not_a_number": 1, "high_below_low": 1}}
+
+
+def start_training(cfg: Path) -> tuple[subprocess.Popen, str]:
+    """`marketgpt train CFG` running in the background, once epoch 1 is in its training log (and last.pt saved)."""
+    proc = subprocess.Popen([sys.executable, "-m", "marketgpt.cli", "train", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = ""
+    for line in proc.stdout:
+        out += line
+        if line.startswith("Time: "):
+            break
+    log = run_dir_of(out) / "training_log.json"
+    for _ in range(300):
+        if log.exists() and json.loads(log.read_text())["epochs"]:
+            break
+        time.sleep(0.1)
+    return proc, out
+
+
+def test_ctrl_c_saves_prints_the_resume_hint_and_status_says_stopped(tmp_path):
+    proc, out = start_training(small_config(tmp_path, epochs=50, max_steps_per_epoch=30, evaluate=False))
+    proc.send_signal(signal.SIGINT)
+    out += proc.stdout.read()
+    assert proc.wait() == 130, proc.stderr.read()
+    run = run_dir_of(out)
+    assert f"resume with --resume {run}" in out and (run / "last.pt").exists()
+    status = run_cli("status", run).stdout
+    assert f"stopped (resume: marketgpt train --resume {run})" in status and "ETA ?" in status, status
+
+
+def test_a_killed_run_shows_crashed_not_training(tmp_path):
+    proc, out = start_training(small_config(tmp_path, epochs=50, max_steps_per_epoch=30, evaluate=False))
+    proc.kill()
+    proc.wait()
+    run = run_dir_of(out)
+    status = run_cli("status", run).stdout
+    assert f"crashed (resume: marketgpt train --resume {run})" in status and "ETA ?" in status, status
+
+
+def test_a_run_that_fails_after_it_started_says_so(tmp_path):
+    from marketgpt.run_files import end_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"name": "x"}))
+    (run / "last.pt").write_bytes(b"")
+    end_run(run, RuntimeError("CUDA out of memory"), made_here=True)
+    log = json.loads((run / "training_log.json").read_text())
+    assert log["state"] == "failed" and log["error"] == "RuntimeError: CUDA out of memory"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    end_run(fresh, KeyboardInterrupt(), made_here=True)   # nothing to resume: no directory left behind
+    assert not fresh.exists()
+
+
+def test_data_info_on_an_empty_cache_says_where_it_looked(world):
+    result = run_cli("data", "info", "--case", "sample", "--provider", "yfinance", "--data-dir", world.data)
+    assert f"nothing cached under {world.data / 'yfinance'}" in result.stdout
+    assert "candles of other providers are cached there: sample" in result.stdout
+
+
+def test_the_tokenizer_refuses_descending_and_duplicate_dates():
+    frame = pd.DataFrame({"date": pd.bdate_range("2020-01-01", periods=50), "open": 10.0, "high": 11.0,
+                          "low": 9.0, "close": 10.0 + np.arange(50) % 3, "volume": 1.0})
+    tokenizer = CandleTokenizer(16).fit(frame)
+    with pytest.raises(MarketGPTError, match="earlier than row"):
+        tokenizer.encode(frame.iloc[::-1])
+    with pytest.raises(MarketGPTError, match="the same date as row"):
+        CandleTokenizer(16).fit(pd.concat([frame.iloc[:5], frame.iloc[4:]]))
+
+
+def test_every_numeric_config_key_has_a_range_and_a_readme_entry():
+    from marketgpt.config import RANGES, SECTIONS
+
+    numeric = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+               if f.type in ("int", "float")}
+    assert numeric == set(RANGES)
+    readme = (CONFIGS.parent / "README.md").read_text()
+    reference = readme[readme.index("## Config reference"):]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"`{section}.{f.name}`" in reference, f"{section}.{f.name} is not in the README reference"

@@ -100,14 +100,15 @@ def run_status(run_dir: str | Path, query_slurm: bool = True) -> dict:
     epoch = int(last.get("epoch", 0))
     elapsed = log.get("elapsed_seconds")
     finished = bool(log.get("finished"))
+    job = recorded_job(run_dir) or log.get("slurm_job_id")
+    checkpoint, age = newest_checkpoint(run_dir)
+    state = run_state(run_dir, log, config, bool(job))
     if finished:
         eta = 0.0
-    elif epoch and elapsed is not None and total:
+    elif state == "training" and epoch and elapsed is not None and total:
         eta = elapsed / epoch * (total - epoch)
     else:
         eta = None
-    job = recorded_job(run_dir) or log.get("slurm_job_id")
-    checkpoint, age = newest_checkpoint(run_dir)
     return {
         "run_dir": str(run_dir), "case": config.get("name"), "epoch": epoch, "total_epochs": total,
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
@@ -117,8 +118,40 @@ def run_status(run_dir: str | Path, query_slurm: bool = True) -> dict:
         "world_size": log.get("world_size", config.get("run", {}).get("world_size")),
         "slurm_job_id": str(job) if job else None,
         "slurm_state": slurm_state(job) if query_slurm else None,
-        "checkpoint": checkpoint, "checkpoint_age_seconds": age,
+        "checkpoint": checkpoint, "checkpoint_age_seconds": age, "state": state, "error": log.get("error"),
+        "resumable": (run_dir / "last.pt").exists(),
     }
+
+
+def process_gone(record: dict) -> bool:
+    """Whether the process a run file names (pid on this host) has ended; False when it cannot be told."""
+    import os
+    import socket
+
+    if not record.get("pid") or record.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def run_state(run_dir: Path, log: dict, config: dict, has_job: bool) -> str:
+    """finished, stopped, failed, interrupted, crashed (its process is gone without a word), training or starting.
+    A run finished without a single epoch is not called finished."""
+    state = log.get("state")
+    if log.get("finished"):
+        return "finished" if log.get("epochs") else "ended before its first epoch"
+    if log.get("stopped"):
+        return "stopped"
+    if state in ("failed", "interrupted"):
+        return state
+    if not has_job and process_gone(log or config.get("run", {})):
+        return "crashed"
+    return "training" if log.get("epochs") else "starting"
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -142,16 +175,20 @@ def format_status(statuses: list[dict]) -> str:
         return "no runs"
     blocks = []
     for s in statuses:
+        if "unreadable" in s:
+            blocks.append(f"{s['run_dir']}  unreadable: {s['unreadable']}")
+            continue
         if s["slurm_job_id"]:
             job = f"job {s['slurm_job_id']} {s['slurm_state'] or ''}".rstrip()
         else:
             job = "no SLURM job"
-        if s["finished"]:
-            progress = "finished"
-        elif s["stopped"]:   # a SLURM job requeues itself; a run without one is resumed by hand
-            progress = "stopped" if s["slurm_job_id"] else f"stopped (resume: marketgpt train --resume {s['run_dir']})"
-        else:
-            progress = "starting" if not s["epoch"] else "training"
+        progress = s["state"]
+        if progress in ("failed", "interrupted") and s["error"]:
+            progress += f" ({s['error']})"
+        # a SLURM job requeues itself; a run without one is resumed by hand
+        if progress.startswith(("stopped", "failed", "interrupted", "crashed")) and s["resumable"] \
+                and not (s["slurm_job_id"] and s["state"] == "stopped"):
+            progress += f" (resume: marketgpt train --resume {s['run_dir']})"
         world = f"  {s['world_size']} processes" if (s["world_size"] or 1) > 1 else ""
         head = f"{s['run_dir']}  case {s['case']}  {job}  {progress}{world}"
         epoch = f"epoch {s['epoch']}/{s['total_epochs']}"
@@ -169,16 +206,26 @@ def format_status(statuses: list[dict]) -> str:
 
 
 def collect(run_dirs: list[str], all_runs: bool, root: str) -> list[dict]:
-    dirs = [Path(d) for d in run_dirs]
-    if all_runs or not dirs:
-        dirs += [p for p in find_runs(root) if p not in dirs]
-    return [run_status(d) for d in dirs]
+    """The status of each run. A run named on the command line must be readable; among the runs found under the
+    root, one whose files cannot be read is listed with the reason instead of hiding all the others."""
+    named = [Path(d) for d in run_dirs]
+    statuses = [run_status(d) for d in named]
+    for found in find_runs(root) if all_runs or not named else []:
+        if found in named:
+            continue
+        try:
+            statuses.append(run_status(found))
+        except MarketGPTError as exc:
+            statuses.append({"run_dir": str(found), "unreadable": str(exc)})
+    return statuses
 
 
 def status_command(run_dirs: list[str], all_runs: bool = False, root: str = "checkpoints", watch: bool = False,
                    interval: float = 30.0, as_json: bool = False, out=sys.stdout) -> int:
+    """Print the status of runs (once, or every `interval` seconds); 1 when a run's files could not be read."""
     check_number(interval, POSITIVE, "status --interval")   # 0 would refresh in a busy loop
-    def show() -> None:
+
+    def show() -> bool:
         statuses = collect(run_dirs, all_runs, root)
         text = json.dumps(statuses, indent=2) if as_json else format_status(statuses)
         if watch and out.isatty():
@@ -187,10 +234,11 @@ def status_command(run_dirs: list[str], all_runs: bool = False, root: str = "che
             out.write(time.strftime("%Y-%m-%d %H:%M:%S") + f"  (every {interval:g} s, Ctrl-C to stop)\n")
         out.write(text + "\n")
         out.flush()
+        return any("unreadable" in s for s in statuses)
 
-    show()
+    unreadable = show()
     if not watch:
-        return 0
+        return 1 if unreadable else 0
     try:
         while True:
             time.sleep(interval)

@@ -7,24 +7,19 @@ import contextlib
 import json
 import math
 import os
-import platform
-import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import __version__
 from .baselines import unigram_nll
 from .checkpoint import load_checkpoint, save_atomic, write_json
 from .config import Config, read_json
-from .dataset import TokenStore, gather_sequences, make_windows, prepare_dataset
+from .dataset import TokenStore, gather_sequences, make_windows
 from .distributed import (
     Dist,
     all_gather_objects,
@@ -39,8 +34,11 @@ from .errors import MarketGPTError
 from .model import MarketGPT
 from .progress import is_terminal
 from .run import has_unknown_rows, read_run_config
+from .run_files import data_lines, end_run, process_id, start_run_dir, write_run_files  # noqa: F401 (kept importable here)
 
 REQUEUE_EXIT_CODE = 3  # the trainer saved a checkpoint on a signal and wants to be started again
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: saved like a signal, exits as an interrupted command does
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 STOP_CHECK_EVERY = 10  # distributed ranks compare their stop flags every this many steps (each check waits for the device)
 
 
@@ -57,6 +55,10 @@ class TrainState:
     elapsed: float = 0.0
     epochs: list = field(default_factory=list)     # the training log
     accum: list = field(default_factory=list)      # this epoch's [loss_sum, count, correct per channel...]
+
+
+def is_finished(state: TrainState, cfg: Config) -> bool:
+    return state.epoch >= cfg.training.epochs or state.bad_epochs >= cfg.training.early_stopping_patience
 
 
 def format_duration(seconds: float) -> str:
@@ -261,16 +263,20 @@ class Trainer:
                         "best_epoch": s.best_epoch, "total_epochs": self.cfg.training.epochs,
                         "steps_per_epoch": self.steps_per_epoch, "elapsed_seconds": round(s.elapsed, 3),
                         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "world_size": self.d.world_size,
-                        "finished": self.finished, "stopped": self.stopped}, self.run_dir / "training_log.json")
+                        "finished": self.finished, "stopped": self.stopped,
+                        "state": "finished" if self.finished else "stopped" if self.stopped else "training",
+                        **process_id()}, self.run_dir / "training_log.json")
 
     @property
     def finished(self) -> bool:
-        s = self.state
-        return s.epoch >= self.cfg.training.epochs or s.bad_epochs >= self.cfg.training.early_stopping_patience
+        return is_finished(self.state, self.cfg)
 
     # --- the loop -------------------------------------------------------------------------------
     def request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+        """SIGTERM, SIGUSR1 and Ctrl-C: save last.pt at the next step and stop. A second Ctrl-C stops at once."""
+        if signum == signal.SIGINT and self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = signum
 
     def should_stop(self) -> bool:
         """All ranks agree to stop at the same step when any of them got the signal: distributed, they compare
@@ -321,7 +327,7 @@ class Trainer:
                     self.stopped = True
                     self.log(f"Stop requested: saved {self.run_dir / 'last.pt'} in epoch {epoch} after step {s.step}; "
                              f"resume with --resume {self.run_dir}")
-                    return REQUEUE_EXIT_CODE
+                    return INTERRUPTED_EXIT_CODE if self.stop_requested == signal.SIGINT else REQUEUE_EXIT_CODE
             if bar is not None:
                 bar.close()
             totals = all_sum(accum, self.d).tolist()
@@ -355,71 +361,6 @@ class Trainer:
         return 0
 
 
-def versions() -> dict:
-    return {"marketgpt": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
-def new_run_dir(cfg: Config) -> Path:
-    root = Path(cfg.training.checkpoint_dir)
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    run_dir, n = root / f"{cfg.name}_{stamp}", 1
-    while run_dir.exists():
-        n += 1
-        run_dir = root / f"{cfg.name}_{stamp}_{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
-def fresh_run_dir(run_dir: Path) -> Path:
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "config.json").exists():
-        raise MarketGPTError(f"{run_dir}: exists and is not a run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def write_run_files(cfg: Config, run_dir: Path, d: Dist) -> None:
-    """Prepare the data once (rank 0) and write config, tokenizer, token store, asset and data info."""
-    prepared = prepare_dataset(cfg)
-    prepared.tokenizer.save(run_dir / "tokenizer.json")
-    prepared.store.save(run_dir / "tokens")
-    store, split = prepared.store, prepared.split
-    T = cfg.model.context_length
-    windows = {name: int(len(make_windows(store, name, T))) for name in ("train", "val", "test")}
-    rows = store.asset_rows()
-    assets = [{"id": i, "symbol": sym, "category": store.categories[i],
-               "category_id": int(store.category_ids[i]), "rows": rows[sym][1] - rows[sym][0],
-               **{f"{name}_rows": int((store.split[rows[sym][0]:rows[sym][1]] == k).sum())
-                  for k, name in enumerate(("train", "val", "test"))}}
-              for i, sym in enumerate(store.symbols)]
-    write_json({"assets": assets, "categories": store.category_names,
-                "unknown": {"asset_id": len(store.symbols), "category_id": len(store.category_names),
-                            "asset_dropout": cfg.training.asset_dropout,
-                            "category_dropout": cfg.training.category_dropout}}, run_dir / "asset_info.json")
-    write_json({"split": split.to_dict(), "token_rows": int(len(store.tokens)), "windows": windows,
-                "channels": prepared.tokenizer.channels, "context_length": T,
-                "skipped_assets": [s for s in prepared.universe.symbol if s not in rows]}, run_dir / "data_info.json")
-    write_json({**cfg.to_dict(), "run": {"versions": versions(), "world_size": d.world_size,
-                                         "created": datetime.now().isoformat(timespec="seconds"),
-                                         "train_end": split.train_end.strftime("%Y-%m-%d"),
-                                         "val_end": split.val_end.strftime("%Y-%m-%d"),
-                                         "command": " ".join(sys.argv)}}, run_dir / "config.json")
-
-
-def start_run_dir(cfg: Config, run_dir: str | Path | None, d: Dist) -> Path:
-    """Make the run directory and write its files; a run that fails to start (no cached data, say) leaves no
-    directory of its own behind."""
-    made_here = run_dir is None or not Path(run_dir).exists()
-    run_dir = new_run_dir(cfg) if run_dir is None else fresh_run_dir(Path(run_dir))
-    try:
-        write_run_files(cfg, run_dir, d)
-    except BaseException:
-        if made_here:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    return run_dir
-
-
 def device_line(d: Dist) -> str:
     if d.device.type == "cuda":
         return f"Using GPUs: {d.world_size}"
@@ -440,21 +381,30 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
     say = log if d.is_main else (lambda *a, **k: None)
     if d.device.type == "cpu" and d.enabled:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.local_world_size))
+    made_here = not resume and (run_dir is None or not Path(run_dir).exists())
+    started = None   # the run directory once this call owns it: from here a failure is recorded in it
     try:
+        ckpt = None
         if resume:
             run_dir = Path(resume)
             cfg = read_run_config(run_dir)
-        else:
-            run_dir = Path(broadcast_object(str(start_run_dir(cfg, run_dir, d)) if d.is_main else None, d))
-            barrier(d)
-        torch.manual_seed(cfg.training.seed + d.rank)
-        say(device_line(d))
-        ckpt = None
-        if resume:
             last = run_dir / "last.pt"
             if not last.exists():
                 raise MarketGPTError(f"{run_dir}: nothing to resume (no last.pt)")
             ckpt = load_checkpoint(last, map_location=d.device)
+            done = TrainState(**json.loads(ckpt["state"]))
+            if is_finished(done, cfg):
+                raise MarketGPTError(f"{run_dir}: this run already finished ({done.epoch} of {cfg.training.epochs} "
+                                     f"epochs, best epoch {done.best_epoch}); see its results with `marketgpt "
+                                     f"evaluate {run_dir}`, or train a new run")
+        else:
+            run_dir = Path(broadcast_object(str(start_run_dir(cfg, run_dir, d)) if d.is_main else None, d))
+            barrier(d)
+        started = run_dir
+        torch.manual_seed(cfg.training.seed + d.rank)
+        say(device_line(d))
+        for line in data_lines(run_dir) if d.is_main and not resume else []:
+            say(line)
         symbols = read_json(run_dir / "tokens" / "assets.json", "token store index")["symbols"]
         unknown = ckpt is None or has_unknown_rows(ckpt["model"], len(symbols))
         trainer = Trainer(cfg, run_dir, d, say, unknown=unknown)
@@ -469,14 +419,18 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
         say(f"Train windows: {len(trainer.train_windows)}, val windows: {len(trainer.val_windows)}, "
             f"steps per epoch: {trainer.steps_per_epoch}, effective batch: {cfg.training.batch_size * d.world_size}")
         trainer.write_log()   # a resumed run is no longer "stopped"
-        previous = [signal.signal(sig, trainer.request_stop) for sig in (signal.SIGUSR1, signal.SIGTERM)]
+        previous = [signal.signal(sig, trainer.request_stop) for sig in STOP_SIGNALS]
         try:
             code = trainer.run()
         finally:
-            for sig, handler in zip((signal.SIGUSR1, signal.SIGTERM), previous):
+            for sig, handler in zip(STOP_SIGNALS, previous):
                 signal.signal(sig, handler)
         trainer.write_log()
         barrier(d)   # no rank leaves the group while another still uses it
+    except BaseException as exc:
+        if started is not None and d.is_main:
+            end_run(started, exc, made_here)
+        raise
     finally:
         shutdown(d)
     if code:
