@@ -1,5 +1,9 @@
 """The backtest engine against a plain per-day Python loop, on a Case-A-sized panel: 600 assets x 5,000 days.
 
+Two panels: dense (every asset trades every day: the target, >= 50x, is for it) and with gaps (missing bars, late
+listings, early ends, mixed 5/7-bar horizons as in a panel of stocks and crypto), where the engine packs each
+asset's bars into consecutive rows and back, gathers with poor locality that cost most of its time.
+
 The loop is what an event-driven backtester does: every day, every asset with a bar fills its pending position,
 earns its overnight and intraday moves, pays its cost and adds the day's tranche (engine.py's definitions, written
 again from them). Both get the same synthetic prices (with missing bars, late listings and early ends, so each
