@@ -461,3 +461,42 @@ def test_every_numeric_config_key_has_a_range_and_a_readme_entry():
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert f"`{section}.{f.name}`" in reference, f"{section}.{f.name} is not in the README reference"
+
+
+def test_a_job_script_written_elsewhere_runs_from_where_it_was_written(tmp_path):
+    """SLURM opens the --output file before the script runs: the job's working directory is pinned (--chdir) to
+    the folder that holds the log folder created with the script, so `sbatch jobs/x.sh` works from anywhere."""
+    result = run_cli("slurm", CONFIGS / "sample.json", "-o", "jobs/x.sh", "--gpus-per-node", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    script = (tmp_path / "jobs" / "x.sh").read_text()
+    assert f"#SBATCH --chdir={tmp_path}\n" in script and "#SBATCH --output=logs/sample_%j.out" in script
+    assert (tmp_path / "logs").is_dir()
+    assert subprocess.run(["bash", "-n", str(tmp_path / "jobs" / "x.sh")]).returncode == 0
+
+
+def test_every_option_of_the_data_tokenizer_train_and_cluster_commands_has_help():
+    import argparse
+
+    from marketgpt.cli import build_parser
+
+    def options(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction):
+                yield " ".join(path), action
+
+    mine = ("data", "tokenizer", "train", "slurm", "launch", "status")
+    missing = [f"{cmd} {a.option_strings or a.dest}" for cmd, a in options(build_parser(), [])
+               if cmd.split(" ")[0] in mine and not a.help]
+    assert not missing
+
+
+def test_a_run_that_ended_without_an_epoch_is_not_called_finished(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"name": "zero", "training": {"epochs": 3}}))
+    (run / "training_log.json").write_text(json.dumps({"epochs": [], "finished": True, "total_epochs": 3}))
+    status = run_cli("status", run).stdout
+    assert "ended before its first epoch" in status and "  finished" not in status, status

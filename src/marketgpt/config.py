@@ -136,6 +136,7 @@ RANGES = {
 
 
 def check_number(value, rng: Range, where: str):
+    """`value` if it lies in `rng`, else a one-line error naming `where` it came from."""
     if value not in rng:
         raise MarketGPTError(f"{where} must be {rng}, got {value}")
     return value
