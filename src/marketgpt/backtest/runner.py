@@ -73,8 +73,9 @@ def run_backtest(source, horizon: str = "1w", long_only: bool = False, cost_bps:
                  weighting: str = "equal", out_dir=None, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                  split: str = "test", device=None, log=print) -> dict:
     """Backtest SOURCE (a run directory, or an oos.parquet / a folder holding one next to its config.json): see the
-    module docstring; benchmarks None: the default ones, () none. Writes report.md, metrics.json, daily.parquet, signals.parquet, the PNGs and trials.json to
-    out_dir (default SOURCE_FOLDER/backtest_<horizon>) and returns the results dict."""
+    module docstring; benchmarks None: the default ones, () none. Writes report.md, metrics.json, daily.parquet,
+    signals.parquet, the PNGs and trials.json to out_dir (default SOURCE_FOLDER/backtest_<horizon>) and returns the
+    results dict."""
     from ..forecast import calendar_of
     from ..forecast_cli import load_histories
     from ..signals import horizon_bars, signal_table, write_table, write_text
@@ -85,6 +86,11 @@ def run_backtest(source, horizon: str = "1w", long_only: bool = False, cost_bps:
     name, start, end = check_options(horizon, fill, weighting, threshold, cost_bps, slippage_bps, start, end)
     bench_frame = benchmark_universe(list(benchmarks), benchmark_universe_csv) if benchmarks else None
     kind, folder, table_path = resolve_source(source)
+    out = Path(out_dir) if out_dir else folder / f"backtest_{name}"
+    try:                     # before the forecasts: an unwritable folder should not cost them
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MarketGPTError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
     data_cfg, universe, candles = asset_candles(folder)
     categories = dict(zip(universe.symbol, universe.category))
     calendars = {str(s): calendar_of(f.date, categories.get(s)) for s, f in candles.groupby("symbol", sort=False)}
@@ -106,42 +112,16 @@ def run_backtest(source, horizon: str = "1w", long_only: bool = False, cost_bps:
     if first == last:
         raise MarketGPTError(f"the forecasts of {where} span one day ({first:%Y-%m-%d}): a backtest needs two")
     cost = (cost_bps + slippage_bps) / 1e4
-
-    own = candles[candles.symbol.isin(symbols)]
-    all_dates = pd.DatetimeIndex(sorted(own.date.unique()))
-    full_close = panel(own, symbols, all_dates, "close")
-    full_bars = engine.Bars(np.isfinite(full_close))
     cal = [calendars[s] for s in symbols]
     h = np.array([horizon_bars(name, c) for c in cal])
-    momentum = engine.momentum_signal(full_close, full_bars, np.array([PERIODS[c] for c in cal]),
-                                      np.array([MONTH[c] for c in cal]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        forward = full_bars.shift(full_close, -h, np.nan) / full_close - 1
-    rows = (all_dates >= first) & (all_dates <= last)
-    dates = all_dates[rows]
-    close, open_ = full_close[rows], panel(own, symbols, dates, "open")
-    signal = np.full(close.shape, np.nan)
-    confidence = np.full(close.shape, np.nan)
-    at = (dates.get_indexer(signals.as_of), pd.Index(symbols).get_indexer(signals.symbol))
-    signal[at] = signals.signal.map({"LONG": 1, "FLAT": 0, "SHORT": -1}).to_numpy(np.float64)
-    confidence[at] = signals.confidence.to_numpy()
-    if long_only:
-        signal = np.where(signal < 0, 0.0, signal)
-    known = np.isfinite(signal)
-    panels = {
-        "strategy": (signal, confidence - 0.5 if weighting == "probability" else None),
-        "always long": (np.where(known, 1.0, np.nan), None),
-        "momentum 12-1": (np.where(known, np.maximum(momentum[rows], 0) if long_only else momentum[rows], np.nan),
-                          None),
-        "random": (engine.random_signal(signal, seed), None),
-    }
+    dates, close, open_, panels, forward = _panels(signals, candles, symbols, cal, h, long_only, weighting, seed)
     periods = max(PERIODS[c] for c in cal)
     series, table_rows = {}, []
     for label, (sig, strength) in panels.items():
         result = engine.run(engine.equal_weights(sig, strength), close, open_, h, cost, fill)
         row = {"series": label, "kind": "strategy" if label == "strategy" else "baseline",
                **summarize(result.returns, periods, result.exposure, result.turnover, result.trades),
-               "hit_rate": hit_rate(sig, forward[rows])}
+               "hit_rate": hit_rate(sig, forward)}
         series[label] = pd.Series(result.returns, index=dates)
         table_rows.append(row)
     notes = [f"forecasts of {', '.join(unpriced)} have no candles in the run's universe and are left out"] \
@@ -153,11 +133,6 @@ def run_backtest(source, horizon: str = "1w", long_only: bool = False, cost_bps:
               "slippage_bps": slippage_bps, "threshold": threshold, "fill": fill, "weighting": weighting,
               "start": f"{first:%Y-%m-%d}", "end": f"{last:%Y-%m-%d}", "samples": samples, "seed": seed,
               "split": split}
-    out = Path(out_dir) if out_dir else folder / f"backtest_{name}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MarketGPTError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
     trials = record_trial(out / "trials.json", config, sharpe(series["strategy"].to_numpy()), len(dates))
     table_rows[0]["dsr"] = dsr(series["strategy"].to_numpy(), [t["sharpe_per_period"] for t in trials])
     table_rows[0]["trials"] = len(trials)
@@ -174,6 +149,35 @@ def run_backtest(source, horizon: str = "1w", long_only: bool = False, cost_bps:
     write_text(out / "metrics.json", json.dumps(json_safe(results), indent=1))
     log(f"wrote {out / 'report.md'} and metrics.json, daily.parquet, signals.parquet, trials.json in {out}/")
     return results
+
+
+def _panels(signals, candles, symbols, cal, h, long_only, weighting, seed):
+    """(dates, close, open, {series: (signal panel, strength)}, realised h-bar returns) over the forecasts'
+    period. Momentum and the realised returns are computed on the whole history, then cut to the period."""
+    own = candles[candles.symbol.isin(symbols)]
+    all_dates = pd.DatetimeIndex(sorted(own.date.unique()))
+    full_close = panel(own, symbols, all_dates, "close")
+    full_bars = engine.Bars(np.isfinite(full_close))
+    momentum = engine.momentum_signal(full_close, full_bars, np.array([PERIODS[c] for c in cal]),
+                                      np.array([MONTH[c] for c in cal]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        forward = full_bars.shift(full_close, -h, np.nan) / full_close - 1
+    rows = (all_dates >= signals.as_of.min()) & (all_dates <= signals.as_of.max())
+    dates = all_dates[rows]
+    signal, confidence = np.full((len(dates), len(symbols)), np.nan), np.full((len(dates), len(symbols)), np.nan)
+    at = (dates.get_indexer(signals.as_of), pd.Index(symbols).get_indexer(signals.symbol))
+    signal[at] = signals.signal.map({"LONG": 1, "FLAT": 0, "SHORT": -1}).to_numpy(np.float64)
+    confidence[at] = signals.confidence.to_numpy()
+    if long_only:
+        signal = np.where(signal < 0, 0.0, signal)
+    known, trend = np.isfinite(signal), momentum[rows]
+    panels = {
+        "strategy": (signal, confidence - 0.5 if weighting == "probability" else None),
+        "always long": (np.where(known, 1.0, np.nan), None),
+        "momentum 12-1": (np.where(known, np.maximum(trend, 0) if long_only else trend, np.nan), None),
+        "random": (engine.random_signal(signal, seed), None),
+    }
+    return dates, full_close[rows], panel(own, symbols, dates, "open"), panels, forward[rows]
 
 
 def hit_rate(signal: np.ndarray, forward: np.ndarray) -> float:
