@@ -22,7 +22,10 @@ demo: $(STAMP)
 	$(BIN)/marketgpt data info --case sample
 	@run=checkpoints/demo_$$(date +%Y%m%d_%H%M%S); set -e; \
 	$(BIN)/marketgpt train configs/sample.json --run-dir $$run; \
-	$(BIN)/marketgpt forecast $$run --horizon 21 -o $$run/forecast.parquet
+	$(BIN)/marketgpt forecast $$run --horizon 21 -o $$run/forecast.parquet; \
+	$(BIN)/marketgpt signals $$run --horizons 1d,1w,1m --samples 256 -o $$run/signals.parquet --charts $$run/signal_charts; \
+	$(BIN)/marketgpt backtest $$run --horizon 1w --start 2018-10-01 --samples 32 --benchmarks SPX,IXIC \
+		--benchmark-universe sample --provider sample -o $$run/backtest
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -34,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/time_to_loss.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/report.py
 
 clean:

@@ -40,4 +40,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise MarketGPTError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        if isinstance(exc, OSError) and exc.errno == 22 or "failed finding central directory" in str(exc):
+            raise MarketGPTError(f"{path}: truncated or corrupt checkpoint (not a complete torch file); use another "
+                                 f"checkpoint of the run or train again") from None
         raise MarketGPTError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None

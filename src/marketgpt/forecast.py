@@ -182,25 +182,29 @@ class Forecast:
 
     def save(self, path, levels=DEFAULT_LEVELS) -> Path:
         """Write to_frame() as Parquet, CSV or JSON (records), by the file's extension, atomically."""
-        path = Path(path)
-        kind = path.suffix.lower()
-        if kind not in (".parquet", ".csv", ".json"):
-            raise MarketGPTError(f"{path}: output must end in .parquet, .csv or .json")
-        frame = self.to_frame(levels)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if kind == ".parquet":
-                frame.to_parquet(tmp, index=False)
-            elif kind == ".csv":
-                frame.to_csv(tmp, index=False, date_format="%Y-%m-%d")
-            else:
-                frame.to_json(tmp, orient="records", date_format="iso", indent=1)
-            tmp.replace(path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise MarketGPTError(f"{path}: cannot write the forecast ({exc.strerror or exc})") from None
-        return path
+        return write_table(self.to_frame(levels), path)
+
+
+def write_table(frame: pd.DataFrame, path) -> Path:
+    """A frame as Parquet, CSV or JSON records by the file's extension, atomically (temp file + rename)."""
+    path = Path(path)
+    kind = path.suffix.lower()
+    if kind not in (".parquet", ".csv", ".json"):
+        raise MarketGPTError(f"{path}: output must end in .parquet, .csv or .json")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif kind == ".csv":
+            frame.to_csv(tmp, index=False, date_format="%Y-%m-%d")
+        else:
+            frame.to_json(tmp, orient="records", date_format="iso", indent=1)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MarketGPTError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path
 
 
 class Forecaster:

@@ -183,9 +183,8 @@ def cmd_forecast(args) -> int:
     return 1 if forecast.failed else 0
 
 
-def add_commands(sub) -> None:
-    p = sub.add_parser("forecast", help="sample paths, quantiles and P(up) of assets from a trained run; a table, "
-                                        "fan charts and a forecast file")
+def add_history_args(p) -> None:
+    """The run and the history options that every command forecasting from a run takes (forecast, signals)."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (holds best_model.pt)")
     p.add_argument("--symbols", help="comma-separated symbols (default: every asset of the universe)")
     p.add_argument("--universe", "--case", dest="universe",
@@ -194,14 +193,20 @@ def add_commands(sub) -> None:
     p.add_argument("--data-dir", help="cache folder (default: the run's, else $MARKETGPT_DATA or ./data)")
     p.add_argument("--as-of", help="forecast from this date, YYYY-MM-DD, using candles up to it (default: each "
                                    "asset's last candle)")
-    p.add_argument("--horizon", type=int, default=21, help="days ahead in the asset's own calendar (default 21)")
     p.add_argument("--samples", type=int, default=512, help="sample paths per asset (default 512)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same paths (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("forecast", help="sample paths, quantiles and P(up) of assets from a trained run; a table, "
+                                        "fan charts and a forecast file")
+    add_history_args(p)
+    p.add_argument("--horizon", type=int, default=21, help="days ahead in the asset's own calendar (default 21)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (default 1: the model's density)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: off)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="paths per forward pass, bounds memory (default: as many as a 2 GiB KV cache holds)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("-o", "--output", default="forecast.parquet",
                    help="forecast table, .parquet, .csv or .json (default forecast.parquet)")
     p.add_argument("--charts", help="folder for the fan charts (default: <output name>_charts next to the output)")

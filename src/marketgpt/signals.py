@@ -139,28 +139,6 @@ def _days(values) -> str:
         "days " + ",".join(map(str, values))
 
 
-def write_table(frame, path) -> Path:
-    """A frame as Parquet, CSV or JSON records by the file's extension, atomically (temp file + rename)."""
-    path = Path(path)
-    kind = path.suffix.lower()
-    if kind not in (".parquet", ".csv", ".json"):
-        raise MarketGPTError(f"{path}: output must end in .parquet, .csv or .json")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if kind == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        elif kind == ".csv":
-            frame.to_csv(tmp, index=False, date_format="%Y-%m-%d")
-        else:
-            frame.to_json(tmp, orient="records", date_format="iso", indent=1)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MarketGPTError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    return path
-
-
 def write_text(path, text: str) -> Path:
     """A text file written atomically (temp file in the same folder + rename)."""
     path = Path(path)
@@ -243,6 +221,7 @@ def format_signals(table) -> str:
 
 
 def cmd_signals(args) -> int:
+    from .forecast import write_table
     from .forecast_cli import _symbols, forecast_universe
     from .progress import is_terminal
 
@@ -274,23 +253,17 @@ def cmd_signals(args) -> int:
 
 
 def add_commands(sub) -> None:
+    from .forecast_cli import add_history_args
+
     p = sub.add_parser("signals", help="LONG/SHORT/FLAT per asset and horizon from a run's forecast, with P(up), "
                                        "expected return, price quantiles and band charts")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
-    p.add_argument("--symbols", help="comma-separated symbols (default: every asset of the universe)")
-    p.add_argument("--universe", "--case", dest="universe", help="universe CSV or case (default: the run's own)")
-    p.add_argument("--provider", help="sample, yfinance, ccxt[:EXCHANGE], files:PATH (default: the run's provider)")
-    p.add_argument("--data-dir", help="cache folder (default: the run's)")
-    p.add_argument("--as-of", help="signals as of this date, YYYY-MM-DD (default: each asset's last candle)")
+    add_history_args(p)
     p.add_argument("--horizons", default=",".join(HORIZON_NAMES),
                    help="horizon names, default 1d,1w,2w,1m,2m (5/10/21/42 trading days; 7/14/30/60 days for crypto)")
-    p.add_argument("--samples", type=int, default=512, help="sample paths per asset (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the paths (default 0)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"theta: LONG needs P(up) >= theta, SHORT P(up) <= 1 - theta (default {DEFAULT_THRESHOLD})")
     p.add_argument("--cost-bps", type=float, default=5.0, help="cost per trade, basis points (default 5)")
     p.add_argument("--slippage-bps", type=float, default=2.0, help="slippage per trade, basis points (default 2)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("-o", "--output", default="signals.parquet", help="signal table, .parquet, .csv or .json")
     p.add_argument("--charts", help="folder for one band chart per asset (default: none)")
     p.set_defaults(func=cmd_signals)

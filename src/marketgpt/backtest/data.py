@@ -50,9 +50,8 @@ def oos_forecasts(run_dir, horizons, samples: int = DEFAULT_SAMPLES, every: int 
     docstring), restricted to as-of dates in [start, end] when given; cached in RUN_DIR/oos_<split>.parquet."""
     from ..dataset import load_split_candles
     from ..evaluate.multi_horizon import check_options, origin_dates
-    from ..forecast import Forecaster
+    from ..forecast import Forecaster, write_table
     from ..run import check_run_dir, read_run_config
-    from ..signals import write_table
 
     check_options(every, samples)
     horizons = sorted({int(h) for h in horizons})

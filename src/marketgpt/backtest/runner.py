@@ -76,9 +76,9 @@ def run_backtest(source, horizon: str = "1w", long_only: bool = False, cost_bps:
     module docstring; benchmarks None: the default ones, () none. Writes report.md, metrics.json, daily.parquet,
     signals.parquet, the PNGs and trials.json to out_dir (default SOURCE_FOLDER/backtest_<horizon>) and returns the
     results dict."""
-    from ..forecast import calendar_of
+    from ..forecast import calendar_of, write_table
     from ..forecast_cli import load_histories
-    from ..signals import horizon_bars, signal_table, write_table, write_text
+    from ..signals import horizon_bars, signal_table, write_text
     from .report import write_report
 
     started = time.time()

@@ -206,6 +206,6 @@ def add_commands(sub) -> None:
     ev.add_argument("--out", help="with --universe: output folder (default RUN_DIR/eval_<universe name>)")
     ev.set_defaults(func=cmd_evaluate)
     cmp = sub.add_parser("compare", help="one table of several runs' results (evaluating runs that have none)")
-    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     cmp.add_argument("--split", default="test", help="test (default) or val")
     cmp.set_defaults(func=cmd_compare)
