@@ -113,10 +113,12 @@ def headline(results: dict) -> str:
     dm = ov["dm"]["vs_garch_t"]
     lines = [
         f"{results.get('name', 'run')} {s}: loss {fv(results[f'{s}_loss'], '.4f')} (unigram "
-        f"{fv(results['unigram_loss'], '.4f')}), accuracy {fv(results[f'{s}_accuracy'], '.4f')}, "
+        f"{fv(results['unigram_loss'], '.4f')}), accuracy {fv(results[f'{s}_accuracy'], '.1%')} (mean over channels, "
+        f"as in training), "
         f"{results['targets']} targets",
         f"close return NLL skill vs GARCH-t {fv(h['nll_skill_vs_garch_t'], '+.4f')} nats/day "
-        f"(DM {fv(dm['statistic'], '+.2f')}, p {fv(dm['p_value'], '.3g')}), vs RW {fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
+        f"(> 0: the model is better; DM {fv(dm['statistic'], '+.2f')}, p {fv(dm['p_value'], '.3g')}, DM < 0 "
+        f"favours the model), vs RW {fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
         f"CRPS skill vs GARCH-t {fv(h['crps_skill_vs_garch_t'], '+.4f')}, vs RW {fv(h['crps_skill_vs_random_walk'], '+.4f')}",
         f"model beats GARCH-t on NLL for {h['assets_beating_garch_t_nll']}/{h['assets_with_garch_t']} assets "
         f"(share {fv(h['share_beating_garch_t_nll'], '.4f')})",
@@ -145,7 +147,8 @@ def write_report(results: dict, run_dir, name: str = "report.md", sections: list
     out += ["", "## Headline", "", "```", headline(results), "```", ""]
     out += ["## Per channel (token level, nats per token)", "",
             f"{s} loss {fv(results[f'{s}_loss'], '.4f')} (mean over channels, as in training), accuracy "
-            f"{fv(results[f'{s}_accuracy'], '.4f')}; training-unigram loss {fv(results['unigram_loss'], '.4f')}.", "",
+            f"{fv(results[f'{s}_accuracy'], '.1%')} (as training prints it; the tables below give fractions); "
+            f"training-unigram loss {fv(results['unigram_loss'], '.4f')}.", "",
             channel_table(results), ""]
     titles = {"nll": "Close-to-close return: NLL (nats per day, log-return units)",
               "crps": "Close-to-close return: CRPS (log-return units)",
