@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import check_date
 from .data.validate import validate_candles
 from .errors import MarketGPTError
 from .run import load_run
@@ -313,10 +314,10 @@ class Forecaster:
             raise MarketGPTError(f"{symbol}: {len(clean)} candle(s) up to the as-of date; a forecast needs at least 2 "
                                  f"(the first is only the reference of the second)")
         asset_id, category_id, known = self.ids(symbol, category)
-        history = clean.tail(self.cfg.model.context_length + 1).reset_index(drop=True)
-        if self.tokenizer.use_volume:   # the volume feature's trailing mean needs the window before the context
-            history = clean.tail(self.cfg.model.context_length + 1 + self.tokenizer.volume_window)
-            history = history.reset_index(drop=True)
+        # the candles behind the last context_length tokens; the volume feature's trailing mean also needs the
+        # volume window before them
+        extra = self.tokenizer.volume_window if self.tokenizer.use_volume else 0
+        history = clean.tail(self.cfg.model.context_length + 1 + extra).reset_index(drop=True)
         tokens = self.tokenizer.encode(history)[-self.cfg.model.context_length:]
         return {"symbol": symbol, "tokens": tokens, "asset_id": asset_id, "category_id": category_id, "known": known,
                 "category": self.category_of.get(symbol, category), "history": clean.reset_index(drop=True)}
@@ -326,9 +327,9 @@ def _as_of(as_of):
     """A date, or a string in YYYY-MM-DD only: "01/02/2020" is refused rather than guessed day- or month-first."""
     if as_of is None:
         return None
+    if isinstance(as_of, str):
+        return pd.Timestamp(check_date(as_of.strip(), "as-of date"))
     try:
-        if isinstance(as_of, str):
-            return pd.to_datetime(as_of.strip(), format="%Y-%m-%d")
         return pd.Timestamp(as_of).normalize()
     except (TypeError, ValueError):
         raise MarketGPTError(f"as-of date {as_of!r} is not a date (expected YYYY-MM-DD)") from None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..config import read_json
+from ..config import read_json, writable_dir
 from ..density import TAIL_RULE, CloseDensity, close_density
 from ..errors import MarketGPTError
 from ..run import check_run_dir, load_run
@@ -37,8 +37,8 @@ from .scoring import (BASELINES, COVERAGE_LEVELS, DEFAULT_EVERY, DEFAULT_HORIZON
                       token_baselines)
 
 __all__ = ["BASELINES", "CALIBRATION_COLUMNS", "CHANNEL_COLUMNS", "COMPARE_COLUMNS", "COVERAGE_LEVELS", "CRPS_COLUMNS",
-           "DEFAULT_EVERY", "DEFAULT_HORIZONS", "DEFAULT_SAMPLES", "NLL_COLUMNS", "PIT_BINS", "SPLITS", "TAIL_RULE", "CloseDensity", "check_run_dir", "close_density",
-           "compare_runs", "evaluate_run", "format_compare", "format_value", "get_path", "group_rows", "headline",
+           "DEFAULT_EVERY", "DEFAULT_HORIZONS", "DEFAULT_SAMPLES", "NLL_COLUMNS", "PIT_BINS", "SPLITS", "TAIL_RULE",
+           "CloseDensity", "check_run_dir", "close_density", "compare_runs", "evaluate_run", "format_compare", "format_value", "get_path", "group_rows", "headline",
            "load_run", "make_plots", "markdown_table", "results_name", "return_baselines", "return_block",
            "score_model", "summarize", "token_baselines", "write_report"]
 
@@ -80,7 +80,7 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
         out = Path(out_dir) if out_dir else run_dir / f"eval_{Path(str(universe)).stem}"
     else:
         out = run_dir
-    _check_writable(out)
+    writable_dir(out, "evaluation results")     # fail before the work, not after it
     returns = np.asarray(store.returns)
     T = cfg.model.context_length
     windows = make_windows(store, split, T)
@@ -125,18 +125,6 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
     report = write_report(results, out, f"{prefix}report.md", sections)
     log(f"wrote {out / results_name(split)} and {report}")
     return results
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail before the work, not after it, when the results cannot be written."""
-    import os
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MarketGPTError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK):
-        raise MarketGPTError(f"{folder}: not writable; the results could not be saved")
 
 
 def compare_runs(run_dirs, split: str = "test", evaluate_missing: bool = True, log=print):

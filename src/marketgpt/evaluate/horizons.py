@@ -17,7 +17,7 @@ from ..baselines import MIN_TRAIN_GARCH, MIN_TRAIN_RW
 from ..errors import MarketGPTError
 from .horizon_baselines import MIN_BOOTSTRAP_WINDOWS, REFIT_EVERY
 from .report import format_value, get_path, markdown_table
-from .scoring import json_safe
+from .scoring import json_safe, mean_or_nan
 
 PINBALL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 INTERVAL_LEVELS = (0.5, 0.8, 0.95)
@@ -157,26 +157,21 @@ def long_table(assets) -> tuple:
     return pd.concat(frames, ignore_index=True), {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _mean(x) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    return float(x.mean()) if x.size else float("nan")
-
-
 def _block(df, names: list[str], h: int) -> dict:
     """Scores of one group (all rows, a category or an asset) at horizon h."""
     block: dict = {"n": int(len(df))}
     for name in names:
         sub = df[df[f"{name}_crps"].notna()]
-        block[name] = {"n": int(len(sub)), "crps": _mean(sub[f"{name}_crps"]),
-                       "pinball": {f"{lv:g}": _mean(sub[f"{name}_pinball_{lv:g}"]) for lv in PINBALL_LEVELS},
-                       **{f"coverage_{round(100 * lv)}": _mean(sub[f"{name}_coverage_{round(100 * lv)}"])
+        block[name] = {"n": int(len(sub)), "crps": mean_or_nan(sub[f"{name}_crps"]),
+                       "pinball": {f"{lv:g}": mean_or_nan(sub[f"{name}_pinball_{lv:g}"]) for lv in PINBALL_LEVELS},
+                       **{f"coverage_{round(100 * lv)}": mean_or_nan(sub[f"{name}_coverage_{round(100 * lv)}"])
                           for lv in INTERVAL_LEVELS},
-                       "brier": _mean(sub[f"{name}_brier"])}
+                       "brier": mean_or_nan(sub[f"{name}_brier"])}
     block["skill"], block["dm"] = {}, {}
     for b in names[1:]:
         sub = df[df[f"{b}_crps"].notna()]
-        base = _mean(sub[f"{b}_crps"])
-        block["skill"][f"crps_vs_{b}"] = 1.0 - _mean(sub["model_crps"]) / base if base > 0 else float("nan")
+        base = mean_or_nan(sub[f"{b}_crps"])
+        block["skill"][f"crps_vs_{b}"] = 1.0 - mean_or_nan(sub["model_crps"]) / base if base > 0 else float("nan")
         d = (sub["model_crps"] - sub[f"{b}_crps"]).groupby(sub["origin"]).mean().sort_index().to_numpy()
         block["dm"][f"vs_{b}"] = M.diebold_mariano(d, np.zeros_like(d), lag=max(h - 1, 0)).to_dict()
     return block

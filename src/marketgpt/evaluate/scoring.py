@@ -118,7 +118,7 @@ def return_baselines(store, returns) -> tuple[dict, dict]:
     return cols, garch
 
 
-def _mean(x) -> float:
+def mean_or_nan(x) -> float:
     import numpy as np
     x = np.asarray(x, dtype=np.float64)
     return float(x.mean()) if x.size else float("nan")
@@ -131,7 +131,7 @@ def return_block(df) -> dict:
     from .. import metrics as M
 
     y = df["y"].to_numpy()
-    block = {"n": int(len(df)), "model": {"nll": _mean(df["model_nll"]), "crps": _mean(df["model_crps"])}}
+    block = {"n": int(len(df)), "model": {"nll": mean_or_nan(df["model_nll"]), "crps": mean_or_nan(df["model_crps"])}}
     pit = df["model_pit"].to_numpy()
     for level in COVERAGE_LEVELS:
         block["model"][f"coverage_{round(100 * level)}"] = M.coverage(pit, level)
@@ -140,12 +140,12 @@ def return_block(df) -> dict:
     for b in BASELINES:
         ok = df[f"{b}_nll"].notna().to_numpy()
         sub = df[ok]
-        bb = {"n": int(ok.sum()), "nll": _mean(sub[f"{b}_nll"]), "crps": _mean(sub[f"{b}_crps"])}
+        bb = {"n": int(ok.sum()), "nll": mean_or_nan(sub[f"{b}_nll"]), "crps": mean_or_nan(sub[f"{b}_crps"])}
         for level in COVERAGE_LEVELS:
             bb[f"coverage_{round(100 * level)}"] = M.coverage(sub[f"{b}_pit"].to_numpy(), level)
         bb["pit_histogram"] = M.pit_histogram(sub[f"{b}_pit"].to_numpy(), PIT_BINS).tolist() if len(sub) else None
         block[b] = bb
-        model_nll, model_crps = _mean(sub["model_nll"]), _mean(sub["model_crps"])
+        model_nll, model_crps = mean_or_nan(sub["model_nll"]), mean_or_nan(sub["model_crps"])
         block["skill"][f"nll_vs_{b}"] = bb["nll"] - model_nll if len(sub) else float("nan")
         block["skill"][f"crps_vs_{b}"] = 1.0 - model_crps / bb["crps"] if len(sub) and bb["crps"] > 0 else float("nan")
         d = (sub["model_nll"] - sub[f"{b}_nll"]).groupby(sub["date"]).mean().sort_index().to_numpy()
@@ -180,7 +180,7 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
         entry = {"model": {"nll": float(model_nll[c]), "accuracy": float(model_acc[c])}}
         for b in TOKEN_BASELINES:
             nll, hit = tok[b]
-            entry[b] = {"nll": _mean(nll[:, c]), "accuracy": _mean(hit[:, c])}
+            entry[b] = {"nll": mean_or_nan(nll[:, c]), "accuracy": mean_or_nan(hit[:, c])}
         results["channels"][name] = entry
     results["persistence_weight"] = dict(zip(channels, weight))
     # --- the close return ---

@@ -24,7 +24,6 @@ class Source:
     categories: dict[str, str]
     start: pd.Timestamp | None    # scored period (start, end]
     end: pd.Timestamp | None
-    new_assets: list[str]         # assets the run never saw
     description: dict             # written into the results
 
 
@@ -53,17 +52,15 @@ def run_source(cfg, store, split: str) -> Source:
 
     universe, candles, time_split = load_split_candles(cfg.data)
     start, end = (time_split.val_end, None) if split == "test" else (time_split.train_end, time_split.val_end)
-    return Source(store, candles, dict(zip(universe.symbol, universe.category)), start, end, [],
+    return Source(store, candles, dict(zip(universe.symbol, universe.category)), start, end,
                   {"data": "the run's own", "split": split})
 
 
 def parse_date(value, option: str):
-    if value in (None, ""):
-        return None
-    try:
-        return pd.to_datetime(str(value).strip(), format="%Y-%m-%d")
-    except ValueError:
-        raise MarketGPTError(f"{option} {value!r} is not a date (expected YYYY-MM-DD)") from None
+    """A YYYY-MM-DD option as a Timestamp (None when not given), checked like every other date option."""
+    from ..config import check_date
+
+    return pd.Timestamp(check_date(str(value).strip(), option)) if value not in (None, "") else None
 
 
 def other_source(forecaster, universe: str, provider: str, data_dir, start, end) -> tuple[Source, IdMap]:
@@ -90,7 +87,7 @@ def other_source(forecaster, universe: str, provider: str, data_dir, start, end)
     if new and not forecaster.can_forecast_new:
         raise MarketGPTError(f"{', '.join(new)}: not among the run's assets, and {forecaster.why_not_new()}")
     ids = [forecaster.ids(s, categories[s])[:2] for s in store.symbols]
-    source = Source(store, candles, categories, start, end, new,
+    source = Source(store, candles, categories, start, end,
                     {"data": "other", "universe": str(universe), "provider": provider,
                      "start": f"{start:%Y-%m-%d}", "end": f"{end:%Y-%m-%d}" if end is not None else None,
                      "new_assets": new})
