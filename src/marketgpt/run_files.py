@@ -11,8 +11,10 @@ import platform
 import shutil
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,9 +64,25 @@ def fresh_run_dir(run_dir: Path) -> Path:
     return writable_dir(run_dir, "run directory (--run-dir)")
 
 
-def write_run_files(cfg: Config, run_dir: Path, d: Dist) -> None:
+@dataclass
+class Start:
+    """How a run derived from another one begins (fine-tuning): `prepare(cfg, run_dir)` writes what the data
+    preparation reads (a universe file) into the new run directory and may point cfg at it; `tokenizer` is kept
+    instead of fitting one; `parent` is recorded in config.json's "run" block; `init(model, store)` sets the
+    starting weights. A resume reads the run's own files and checkpoint and needs none of this."""
+
+    tokenizer: object = None
+    parent: dict | None = None
+    prepare: Callable | None = None
+    init: Callable | None = None
+
+
+def write_run_files(cfg: Config, run_dir: Path, d: Dist, start: Start | None = None) -> None:
     """Prepare the data once (rank 0) and write config, tokenizer, token store, asset and data info."""
-    prepared = prepare_dataset(cfg)
+    start = start or Start()
+    if start.prepare is not None:
+        start.prepare(cfg, run_dir)
+    prepared = prepare_dataset(cfg, start.tokenizer)
     prepared.tokenizer.save(run_dir / "tokenizer.json")
     prepared.store.save(run_dir / "tokens")
     store, split = prepared.store, prepared.split
@@ -95,16 +113,18 @@ def write_run_files(cfg: Config, run_dir: Path, d: Dist) -> None:
                                          "created": datetime.now().isoformat(timespec="seconds"),
                                          "train_end": split.train_end.strftime("%Y-%m-%d"),
                                          "val_end": split.val_end.strftime("%Y-%m-%d"),
-                                         "command": " ".join(sys.argv)}}, run_dir / "config.json")
+                                         "command": " ".join(sys.argv),
+                                         **({"parent": start.parent} if start.parent else {})}},
+               run_dir / "config.json")
 
 
-def start_run_dir(cfg: Config, run_dir: str | Path | None, d: Dist) -> Path:
+def start_run_dir(cfg: Config, run_dir: str | Path | None, d: Dist, start: Start | None = None) -> Path:
     """Make the run directory and write its files; a run that fails to start (no cached data, say) leaves no
     directory of its own behind."""
     made_here = run_dir is None or not Path(run_dir).exists()
     run_dir = new_run_dir(cfg) if run_dir is None else fresh_run_dir(Path(run_dir))
     try:
-        write_run_files(cfg, run_dir, d)
+        write_run_files(cfg, run_dir, d, start)
     except BaseException:
         if made_here:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -34,7 +34,7 @@ from .errors import MarketGPTError
 from .model import MarketGPT
 from .progress import is_terminal
 from .run import has_unknown_rows, read_run_config
-from .run_files import data_lines, end_run, process_id, start_run_dir, write_run_files  # noqa: F401 (kept importable here)
+from .run_files import Start, data_lines, end_run, process_id, start_run_dir, write_run_files  # noqa: F401 (kept importable here)
 
 REQUEUE_EXIT_CODE = 3  # the trainer saved a checkpoint on a signal and wants to be started again
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: saved like a signal, exits as an interrupted command does
@@ -369,12 +369,12 @@ def device_line(d: Dist) -> str:
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: str | Path | None = None,
-          log=print) -> Path:
+          log=print, start: Start | None = None) -> Path:
     """Train a config (or resume a run directory) in this process, joining DDP when launched by torchrun/srun.
 
     `run_dir` names the run directory instead of `<name>_<timestamp>`; if it already holds a checkpoint the run
-    resumes from it, so a requeued batch job can run the same command again.
-    """
+    resumes from it, so a requeued batch job can run the same command again. `start`: a run derived from another
+    (run_files.Start, used by fine-tuning)."""
     if run_dir is not None and (Path(run_dir) / "last.pt").exists():
         resume = run_dir
     d = init_distributed()
@@ -398,7 +398,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
                                      f"epochs, best epoch {done.best_epoch}); see its results with `marketgpt "
                                      f"evaluate {run_dir}`, or train a new run")
         else:
-            run_dir = Path(broadcast_object(str(start_run_dir(cfg, run_dir, d)) if d.is_main else None, d))
+            run_dir = Path(broadcast_object(str(start_run_dir(cfg, run_dir, d, start)) if d.is_main else None, d))
             barrier(d)
         started = run_dir
         torch.manual_seed(cfg.training.seed + d.rank)
@@ -408,6 +408,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
         symbols = read_json(run_dir / "tokens" / "assets.json", "token store index")["symbols"]
         unknown = ckpt is None or has_unknown_rows(ckpt["model"], len(symbols))
         trainer = Trainer(cfg, run_dir, d, say, unknown=unknown)
+        if ckpt is None and start is not None and start.init is not None:
+            start.init(trainer.model, trainer.store)
         if ckpt is not None:
             trainer.restore(ckpt)
             say(f"Resumed {run_dir} in epoch {trainer.state.epoch + 1} after step {trainer.state.step}")
