@@ -149,6 +149,7 @@ def forecast_universe(run_dir, symbols: list[str] | None = None, universe: str |
         if bar is not None:
             bar.close()
     forecast.failed.update(failed)
+    forecast.history = (str(universe or cfg.data.universe), provider, data_dir)   # where outcomes read closes later
     return forecast
 
 

@@ -124,9 +124,10 @@ def signal_table(table, calendars: dict, names=HORIZON_NAMES, threshold: float =
     out["expected_return"] = expected_simple_return(rows)
     for column, source in (("mean_log_return", "mean_return"), ("median_log_return", "return_q50")):
         out[column] = rows[source].to_numpy() if source in rows.columns else np.nan
-    for q in ("q05", "q25", "q75", "q95"):
-        if f"close_{q}" in rows.columns:
-            out[f"close_{q}"] = rows[f"close_{q}"].to_numpy()
+    for kind in ("close", "return"):
+        for q in ("q05", "q25", "q75", "q95"):
+            if f"{kind}_{q}" in rows.columns:
+                out[f"{kind}_{q}"] = rows[f"{kind}_{q}"].to_numpy()
     out["signal"] = pd.Categorical([SIGNAL_NAMES[s] for s in signal], categories=["LONG", "FLAT", "SHORT"])
     out["confidence"] = confidence
     return out.sort_values(["symbol", "as_of", "bars"], kind="stable").reset_index(drop=True)
@@ -230,6 +231,11 @@ def cmd_signals(args) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in (".parquet", ".csv", ".json"):
         raise MarketGPTError(f"-o {output}: the signal file must end in .parquet, .csv or .json")
+    engine = None
+    if args.log:   # opened first: a bad --db fails before minutes of sampling
+        from .serve.db import open_db
+
+        engine = open_db(args.db, args.data_dir)
     # the longest horizon on either calendar, since an asset's calendar is known only from its history
     horizon = max(horizon_bars(names[-1], c) for c in HORIZON_BARS)
     forecast = forecast_universe(args.run_dir, _symbols(args.symbols), args.universe, args.provider, args.data_dir,
@@ -247,6 +253,12 @@ def cmd_signals(args) -> int:
         for symbol, a in forecast.assets.items():
             bands_chart(a, table[table.symbol == symbol], Path(args.charts) / f"{symbol}.png")
         print(f"band charts in {args.charts}/")
+    if engine is not None:
+        from .serve.log import log_signals
+
+        universe, provider, data_dir = forecast.history
+        run_id = log_signals(table, args.run_dir, universe, provider, data_dir, as_of=args.as_of, engine=engine)
+        print(f"logged {len(table)} signals as forecast run {run_id} in {engine.url.render_as_string()}")
     for symbol, reason in forecast.failed.items():
         print(f"marketgpt: {symbol} was not forecast: {reason}", file=sys.stderr)
     return 1 if forecast.failed else 0
@@ -266,4 +278,7 @@ def add_commands(sub) -> None:
     p.add_argument("--slippage-bps", type=float, default=2.0, help="slippage per trade, basis points (default 2)")
     p.add_argument("-o", "--output", default="signals.parquet", help="signal table, .parquet, .csv or .json")
     p.add_argument("--charts", help="folder for one band chart per asset (default: none)")
+    p.add_argument("--log", action="store_true", help="record the signals in the signal log (see --db)")
+    p.add_argument("--db", help="signal log URL (default: sqlite:///<data-dir>/marketgpt.db; "
+                                "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)")
     p.set_defaults(func=cmd_signals)

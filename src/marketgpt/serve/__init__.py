@@ -1,0 +1,1 @@
+"""The daily service: the signal log (db.py, log.py), realised outcomes (outcomes.py)."""
