@@ -66,6 +66,10 @@ class DataConfig:
     train_ratio: float = 0.70
     val_ratio: float = 0.15
     test_ratio: float = 0.15
+    # explicit cutoffs instead of the ratios (a walk-forward fold sets them): train <= train_end < val <= val_end
+    train_end: str = ""
+    val_end: str = ""
+    embargo_days: int = 0    # targets in the first N calendar days after train_end belong to no split
     on_bad_rows: str = "fail"
 
 
@@ -135,6 +139,7 @@ RANGES = {
     "training.asset_dropout": FRACTION,
     "training.category_dropout": Range(0, 1),
     **{f"data.{k}": SHARE for k in ("train_ratio", "val_ratio", "test_ratio")},
+    "data.embargo_days": Range(0, text="0 (none) or a positive number of days"),
 }
 
 
@@ -281,6 +286,12 @@ def _check(cfg: Config, source: str) -> None:
     d.start, d.end = check_date(d.start, f"{source}: data.start"), check_date(d.end, f"{source}: data.end")
     if d.start and d.end and d.start > d.end:
         raise MarketGPTError(f"{source}: data.start {d.start} is after data.end {d.end}")
+    d.train_end, d.val_end = (check_date(d.train_end, f"{source}: data.train_end"),
+                              check_date(d.val_end, f"{source}: data.val_end"))
+    if bool(d.train_end) != bool(d.val_end):
+        raise MarketGPTError(f"{source}: data.train_end and data.val_end go together (give both or neither)")
+    if d.train_end and d.train_end >= d.val_end:
+        raise MarketGPTError(f"{source}: data.train_end {d.train_end} must be before data.val_end {d.val_end}")
     if d.on_bad_rows not in ("fail", "drop"):
         raise MarketGPTError(f"{source}: data.on_bad_rows must be 'fail' or 'drop', got '{d.on_bad_rows}'")
 

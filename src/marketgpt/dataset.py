@@ -27,7 +27,7 @@ class TokenStore:
 
     tokens: np.ndarray      # (N, C) uint16
     asset: np.ndarray       # (N,) int32 index into `symbols`
-    split: np.ndarray       # (N,) int8, 0 train 1 val 2 test: the split of the candle this row encodes
+    split: np.ndarray       # (N,) int8, 0 train 1 val 2 test (3 embargo): the split of the row's candle
     dates: np.ndarray       # (N,) datetime64[D]
     returns: np.ndarray     # (N,) float64: the true close-to-close log return ln(C/Cp) the row encodes
     symbols: list[str]
@@ -127,9 +127,9 @@ class Prepared:
     store: TokenStore
 
 
-def load_split_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame, TimeSplit]:
-    """The universe, its cached candles and the global time split of a config's `data` section."""
-    from .data import load_candles, load_universe, time_split
+def load_data_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The universe and the cached candles of a config's `data` section, cut to its start and end."""
+    from .data import load_candles, load_universe
 
     universe = load_universe(data_cfg.universe)
     candles = load_candles(universe, data_cfg.provider, data_cfg.data_dir or None, policy=data_cfg.on_bad_rows)
@@ -137,7 +137,19 @@ def load_split_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame, TimeSplit]
         candles = candles[candles.date >= pd.Timestamp(data_cfg.start)]
     if data_cfg.end:
         candles = candles[candles.date <= pd.Timestamp(data_cfg.end)]
-    return universe, candles, time_split(candles, data_cfg.train_ratio, data_cfg.val_ratio)
+    return universe, candles
+
+
+def load_split_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame, TimeSplit]:
+    """The universe, its cached candles and the time split of a config's `data` section: at its explicit cutoff
+    dates when it has them (a walk-forward fold), else at the global ratios."""
+    from .data import time_split
+    from .data.split import dated_split
+
+    universe, candles = load_data_candles(data_cfg)
+    if data_cfg.train_end:
+        return universe, candles, dated_split(candles, data_cfg.train_end, data_cfg.val_end, data_cfg.embargo_days)
+    return universe, candles, time_split(candles, data_cfg.train_ratio, data_cfg.val_ratio, data_cfg.embargo_days)
 
 
 def fit_tokenizer(candles: pd.DataFrame, split: TimeSplit, vocab_size: int, use_volume: bool) -> CandleTokenizer:

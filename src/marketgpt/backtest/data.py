@@ -38,12 +38,6 @@ def _history_rows(forecaster) -> int:
     return max(forecaster.cfg.model.context_length + 1 + extra, 60) + 1
 
 
-def split_period(split, split_name: str):
-    if split_name not in SPLITS:
-        raise MarketGPTError(f"split must be one of {', '.join(SPLITS)}, got {split_name!r}")
-    return (split.val_end, None) if split_name == "test" else (split.train_end, split.val_end)
-
-
 def oos_forecasts(run_dir, horizons, samples: int = DEFAULT_SAMPLES, every: int = 1, split: str = "test",
                   seed: int = 0, start=None, end=None, device=None, log=print) -> pd.DataFrame:
     """The long out-of-sample forecast table of a run's split for the given horizon days (see the module
@@ -57,7 +51,9 @@ def oos_forecasts(run_dir, horizons, samples: int = DEFAULT_SAMPLES, every: int 
     horizons = sorted({int(h) for h in horizons})
     run_dir = check_run_dir(run_dir)
     universe, candles, time_split = load_split_candles(read_run_config(run_dir).data)
-    lo, hi = split_period(time_split, split)
+    if split not in SPLITS:
+        raise MarketGPTError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    lo, hi = time_split.period(split)
     dates = origin_dates(candles, lo, hi, every)
     if start is not None:
         dates = dates[dates >= start]

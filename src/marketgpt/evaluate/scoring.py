@@ -38,10 +38,11 @@ def check_split(split: str) -> str:
 
 
 def score_model(model, store, windows, context_length: int, density: CloseDensity, returns, batch_size: int = 32,
-                device=None) -> dict:
+                device=None, levels=()) -> dict:
     """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows
     and score every target once. Per scored target (arrays in row order): row, nll (n, C) and hit (n, C) per
-    channel (token level), and for the close return y: nll, crps, pit = F(y), p_up = P(y > 0)."""
+    channel (token level), and for the close return y: nll, crps, pit = F(y), p_up = P(y > 0). With quantile
+    `levels`, also the density's forecast itself: quantiles (n, L), mean (E[y]) and gross (E[exp y])."""
     import numpy as np
     import torch
 
@@ -53,7 +54,8 @@ def score_model(model, store, windows, context_length: int, density: CloseDensit
     device = torch.device(device)
     categories = torch.as_tensor(store.category_ids)
     offsets = np.arange(1, context_length + 1)
-    parts: dict[str, list] = {k: [] for k in ("row", "nll", "hit", "ret_nll", "ret_crps", "pit", "p_up")}
+    names = ("row", "nll", "hit", "ret_nll", "ret_crps", "pit", "p_up") + (("quantiles", "mean", "gross") if levels else ())
+    parts: dict[str, list] = {k: [] for k in names}
     with torch.inference_mode():
         for i in range(0, len(windows), batch_size):
             w = windows[i:i + batch_size]
@@ -75,6 +77,10 @@ def score_model(model, store, windows, context_length: int, density: CloseDensit
             parts["ret_crps"].append(density.crps(probs, yv))
             parts["pit"].append(density.cdf(probs, yv))
             parts["p_up"].append(1.0 - density.cdf(probs, np.zeros(len(yv))))
+            if levels:
+                parts["quantiles"].append(np.stack([density.ppf(probs, q) for q in levels], axis=1))
+                parts["mean"].append(density.mean(probs))
+                parts["gross"].append(density.gross_mean(probs))
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     order = np.argsort(out["row"], kind="stable")
     return {k: v[order] for k, v in out.items()}

@@ -51,7 +51,7 @@ def run_source(cfg, store, split: str) -> Source:
     from ..dataset import load_split_candles
 
     universe, candles, time_split = load_split_candles(cfg.data)
-    start, end = (time_split.val_end, None) if split == "test" else (time_split.train_end, time_split.val_end)
+    start, end = time_split.period(split)
     return Source(store, candles, dict(zip(universe.symbol, universe.category)), start, end,
                   {"data": "the run's own", "split": split})
 
