@@ -195,15 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.set_defaults(func=cmd_train)
 
-    from . import backtest, cluster, evaluate, finetune, forecast_cli, signals, walkforward
+    from . import backtest, cluster, ensemble, evaluate, finetune, forecast_cli, signals, walkforward
     from .serve import outcomes
 
     evaluate.add_commands(sub)
     forecast_cli.add_commands(sub)
     signals.add_commands(sub)
     backtest.add_commands(sub)
-    walkforward.add_commands(sub)
+    ensemble.add_commands(sub)
     finetune.add_commands(sub)
+    walkforward.add_commands(sub)
     cluster.add_commands(sub)
     outcomes.add_commands(sub)
     return parser

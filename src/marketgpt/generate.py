@@ -140,6 +140,9 @@ def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samp
     All paths of all prompts go through the model together, max_batch paths at a time (default: as many as fit a
     KV cache of KV_BUDGET_BYTES); prompts are grouped by prompt length (see window_plan). on_step(n) is called with the number of candles sampled at each step of a
     chunk: they add up to len(prompts) * num_samples * horizon."""
+    if hasattr(model, "sample_paths"):     # an ensemble: each path from one member (ensemble.py)
+        return model.sample_paths(prompts, horizon, num_samples, seed, temperature, top_p, max_batch, use_cache,
+                                  on_step)
     max_batch = default_max_batch(model) if max_batch is None else max_batch
     if horizon < 1 or num_samples < 1 or max_batch < 1:
         raise ValueError(f"horizon, num_samples and max_batch must be >= 1, got {horizon}, {num_samples}, {max_batch}")

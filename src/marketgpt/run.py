@@ -25,7 +25,8 @@ def check_run_dir(run_dir) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MarketGPTError(f"{run_dir}: run directory not found")
-    for name in ("config.json", "tokenizer.json", "best_model.pt"):
+    weights = "ensemble.json" if (run_dir / "ensemble.json").exists() else "best_model.pt"
+    for name in ("config.json", "tokenizer.json", weights):
         if not (run_dir / name).exists():
             raise MarketGPTError(f"{run_dir}: no {name} (not a finished run directory?)")
     if not (run_dir / "tokens" / "assets.json").exists():
@@ -40,7 +41,8 @@ def has_unknown_rows(state_dict: dict, num_assets: int) -> bool:
 
 
 def load_run(run_dir, device=None):
-    """(config, tokenizer, token store, model in eval mode on `device`, best checkpoint's epoch)."""
+    """(config, tokenizer, token store, model in eval mode on `device`, best checkpoint's epoch). For an ensemble
+    directory the model is an ensemble.Ensemble of its members (epoch None): the one place that tells them apart."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -52,11 +54,15 @@ def load_run(run_dir, device=None):
     cfg = read_run_config(run_dir)
     tokenizer = CandleTokenizer.load(run_dir / "tokenizer.json")
     store = TokenStore.load(run_dir / "tokens")
-    ckpt = load_checkpoint(run_dir / "best_model.pt")
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise MarketGPTError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
+    if (run_dir / "ensemble.json").exists():
+        from .ensemble import load_ensemble
+
+        return cfg, tokenizer, store, load_ensemble(run_dir, device), None
+    ckpt = load_checkpoint(run_dir / "best_model.pt")
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise MarketGPTError(f"{run_dir / 'best_model.pt'}: not a model checkpoint (no 'model' weights)")

@@ -89,6 +89,13 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
     scores = score_model(scorer, store, windows, T, close_density(tokenizer), returns, bs)
     log(f"scored the model in {time.time() - started:.1f}s")
     results = summarize(store, scores, returns, split, cfg.model.vocab_size, tokenizer.channels, log)
+    if hasattr(model, "members"):     # an ensemble directory: each member on the same rows
+        from ..ensemble import member_table
+        from .sources import IdMap
+
+        members = member_table(model, scores, lambda m: score_model(
+            m if scorer is model else IdMap(m, scorer.asset_ids, scorer.category_ids), store, windows, T,
+            close_density(tokenizer), returns, bs), log)
     meta = {"name": cfg.name, "run_dir": str(run_dir), "best_epoch": epoch,
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "device": str(next(model.parameters()).device), "torch": torch.__version__,
@@ -101,6 +108,8 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
     results = {**{k: results[k] for k in (f"{split}_loss", f"{split}_accuracy")}, **meta,
                **{k: v for k, v in results.items() if k not in (f"{split}_loss", f"{split}_accuracy")}}
     prefix = "" if split == "test" else "val_"
+    if hasattr(model, "members"):
+        results["ensemble"] = members
     garch = None
     if horizons:
         source = source or run_source(cfg, store, split)
@@ -122,6 +131,11 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
     write_json(results, out / results_name(split))
     sections = horizon_report_lines(results["horizons"], (results.get("plots") or {}).get("horizon_skill"),
                                     garch) if horizons else []
+    if hasattr(model, "members"):
+        from ..ensemble import format_members
+
+        sections = [f"## Ensemble and members ({members['n']} scored days, close return)", "",
+                    format_members(members), "", *sections]
     report = write_report(results, out, f"{prefix}report.md", sections)
     log(f"wrote {out / results_name(split)} and {report}")
     return results
