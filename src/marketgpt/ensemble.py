@@ -150,7 +150,7 @@ def format_members(table: dict) -> str:
     from .evaluate.report import markdown_table
 
     return markdown_table(["model", "NLL", "CRPS", "cover 50%", "cover 80%"],
-                          [[name, f"{r['nll']:.4f}", f"{r['crps']:.5f}", f"{100 * r['coverage_50']:.1f}%",
+                          [[name, f"{r['nll']:.4f}", f"{r['crps']:.6f}", f"{100 * r['coverage_50']:.1f}%",
                             f"{100 * r['coverage_80']:.1f}%"] for name, r in table["rows"].items()])
 
 
