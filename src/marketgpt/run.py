@@ -21,12 +21,16 @@ def read_run_config(run_dir: Path) -> Config:
     return from_dict(read_json(path, "run config"), str(path))
 
 
+def weights_file(run_dir: Path) -> str:
+    """What holds a run directory's weights: best_model.pt, or ensemble.json naming its members' (ensemble.py)."""
+    return "ensemble.json" if (run_dir / "ensemble.json").exists() else "best_model.pt"
+
+
 def check_run_dir(run_dir) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MarketGPTError(f"{run_dir}: run directory not found")
-    weights = "ensemble.json" if (run_dir / "ensemble.json").exists() else "best_model.pt"
-    for name in ("config.json", "tokenizer.json", weights):
+    for name in ("config.json", "tokenizer.json", weights_file(run_dir)):
         if not (run_dir / name).exists():
             raise MarketGPTError(f"{run_dir}: no {name} (not a finished run directory?)")
     if not (run_dir / "tokens" / "assets.json").exists():

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MarketGPTError
+from ..run import weights_file
 
 DEFAULT_SAMPLES = 64
 SPLITS = ("test", "val")
@@ -125,11 +126,11 @@ def resolve_source(source) -> tuple[str, Path, Path | None]:
     path = Path(source)
     if not path.exists():
         raise MarketGPTError(f"{path}: no such run directory or oos.parquet")
-    if path.is_dir() and (path / "best_model.pt").exists():
+    if path.is_dir() and (path / weights_file(path)).exists():
         return "run", path, None
     table = path if path.is_file() else path / "oos.parquet"
     if not table.is_file():
-        raise MarketGPTError(f"{path}: no out-of-sample forecasts here (neither a run directory with best_model.pt "
+        raise MarketGPTError(f"{path}: no out-of-sample forecasts here (neither a run or ensemble directory "
                              f"nor an oos.parquet)")
     return "table", table.parent, table
 
