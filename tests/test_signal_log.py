@@ -7,9 +7,11 @@ with that script when PostgreSQL is installed (or as root with CI set). With CI 
 started fails these tests instead of skipping them."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,28 +20,28 @@ import pandas as pd
 import pytest
 from helpers import ROOT, run_cli, run_dir_of, small_config
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from marketgpt.errors import MarketGPTError
 from marketgpt.serve.db import open_db
 from marketgpt.serve.log import SLOW_WRITE_ENV, log_signals, read_signals
 from marketgpt.serve.migrate import current
 from marketgpt.serve.outcomes import fill_outcomes
+from marketgpt.signals import compute_signals
 
 SETUP = ROOT / ".ci" / "postgres-setup.sh"
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory):
+def pg_url():
     url = os.environ.get("MARKETGPT_TEST_PG_URL")
     if url:
         yield url
         return
     installed = any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if installed or (os.environ.get("CI") and os.geteuid() == 0):
-        folder = tmp_path_factory.mktemp("pg")
-        if os.geteuid() == 0:
-            os.chmod(folder.parent, 0o755)
-            os.chmod(folder.parent.parent, 0o755)
+        folder = Path(tempfile.mkdtemp(prefix="marketgpt-pg-"))   # not under pytest's 0700 folders: the
+        folder.chmod(0o755)                                        # server runs as the postgres user
         result = subprocess.run(["bash", str(SETUP), str(folder / "server")], capture_output=True, text=True,
                                 timeout=300)
         if result.returncode == 0:
@@ -48,6 +50,7 @@ def pg_url(tmp_path_factory):
             user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
             subprocess.run([*user, str(pg_ctl), "-D", str(folder / "server" / "data"), "-m", "immediate", "stop"],
                            capture_output=True, timeout=60)
+            shutil.rmtree(folder, ignore_errors=True)
             return
         message = f"PostgreSQL could not be started: {result.stderr.strip()[-500:]}"
     else:
@@ -200,11 +203,19 @@ def test_replayed_days_get_the_realised_returns_and_no_look_ahead(db_url, tiny_r
     run, data = tiny_run
     history = closes(data, "AAPL")
     days = history.index[-12:-2:3]          # four as-of days; the last one's 1w horizon has not passed
-    for day in days:
-        result = run_cli("signals", run, "--symbols", "AAPL,MSFT", "--horizons", "1d,1w", "--samples", "16",
-                         "--as-of", f"{day:%Y-%m-%d}", "-o", tmp_path / "s.csv", "--log", "--db", db_url)
-        assert result.returncode == 0, result.stderr
-        assert "logged 4 signals" in result.stdout
+    result = run_cli("signals", run, "--symbols", "AAPL,MSFT", "--horizons", "1d,1w", "--samples", "16",
+                     "--as-of", f"{days[0]:%Y-%m-%d}", "-o", tmp_path / "s.csv", "--log", "--db", db_url)
+    assert result.returncode == 0, result.stderr
+    assert "logged 4 signals" in result.stdout
+    password = make_url(db_url).password
+    assert not password or password not in result.stdout
+    engine = open_db(db_url)
+    for day in days[1:]:                    # the rest of the replay through the Python API, in this process
+        table, forecast = compute_signals(run, ["AAPL", "MSFT"], as_of=f"{day:%Y-%m-%d}", names=("1d", "1w"),
+                                          samples=16, device="cpu")
+        universe, provider, folder = forecast.history
+        log_signals(table, run, universe, provider, folder, as_of=f"{day:%Y-%m-%d}", engine=engine)
+    engine.dispose()
     result = run_cli("outcomes", "--db", db_url)
     assert result.returncode == 0, result.stderr
     assert "filled 14 outcome(s); 2 signal(s) still pending" in result.stdout

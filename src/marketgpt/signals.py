@@ -221,9 +221,26 @@ def format_signals(table) -> str:
     return "\n".join(lines)
 
 
+def compute_signals(run_dir, symbols=None, universe=None, provider=None, data_dir=None, as_of=None,
+                    names=HORIZON_NAMES, samples: int = 512, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
+                    cost_bps: float = 5.0, slippage_bps: float = 2.0, device=None, progress: bool = False):
+    """(signal table, forecast) of a run's assets as of a day: what `marketgpt signals` computes, from Python."""
+    from .forecast_cli import forecast_universe
+
+    # the longest horizon on either calendar, since an asset's calendar is known only from its history
+    horizon = max(horizon_bars(names[-1], c) for c in HORIZON_BARS)
+    forecast = forecast_universe(run_dir, symbols, universe, provider, data_dir, as_of, horizon, samples, seed,
+                                 progress=progress, device=device)
+    if not forecast.assets:
+        raise MarketGPTError("no asset could be forecast: " + "; ".join(f"{s}: {r}" for s, r in forecast.failed.items()))
+    calendars = {s: a.calendar for s, a in forecast.assets.items()}
+    table = signal_table(forecast.to_frame(LEVELS), calendars, names, threshold, cost_bps, slippage_bps)
+    return table, forecast
+
+
 def cmd_signals(args) -> int:
     from .forecast import write_table
-    from .forecast_cli import _symbols, forecast_universe
+    from .forecast_cli import _symbols
     from .progress import is_terminal
 
     names = parse_horizon_names(args.horizons)
@@ -236,15 +253,9 @@ def cmd_signals(args) -> int:
         from .serve.db import open_db
 
         engine = open_db(args.db, args.data_dir)
-    # the longest horizon on either calendar, since an asset's calendar is known only from its history
-    horizon = max(horizon_bars(names[-1], c) for c in HORIZON_BARS)
-    forecast = forecast_universe(args.run_dir, _symbols(args.symbols), args.universe, args.provider, args.data_dir,
-                                 args.as_of, horizon, args.samples, args.seed, progress=is_terminal(),
-                                 device=args.device)
-    if not forecast.assets:
-        raise MarketGPTError("no asset could be forecast: " + "; ".join(f"{s}: {r}" for s, r in forecast.failed.items()))
-    calendars = {s: a.calendar for s, a in forecast.assets.items()}
-    table = signal_table(forecast.to_frame(LEVELS), calendars, names, args.threshold, args.cost_bps, args.slippage_bps)
+    table, forecast = compute_signals(args.run_dir, _symbols(args.symbols), args.universe, args.provider,
+                                      args.data_dir, args.as_of, names, args.samples, args.seed, args.threshold,
+                                      args.cost_bps, args.slippage_bps, args.device, is_terminal())
     print(format_signals(table))
     write_table(table, output)
     print(f"wrote {output} ({len(forecast.assets)} assets x {len(names)} horizons; LONG when P(up) >= "
