@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from .config import from_dict, parse_override, read_json
-from .data.universe import CATEGORIES, load_universe
 from .errors import MarketGPTError
 from .run import check_run_dir, has_unknown_rows, read_run_config
 
@@ -42,6 +41,8 @@ def file_sha256(path: Path) -> str:
 
 def finetune_config(parent: Path, category: str, universe=None, provider=None, data_dir=None, overrides=()):
     """The fine-tune's config (the parent's, with the fine-tuning defaults and the overrides) and its universe."""
+    from .data.universe import CATEGORIES, load_universe
+
     pcfg = read_run_config(parent)
     if category not in CATEGORIES:
         raise MarketGPTError(f"--category {category}: unknown category (known: {', '.join(CATEGORIES)})")
@@ -191,7 +192,7 @@ def cmd_finetune(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a trained run on one market (category of assets)")
     p.add_argument("parent", help="the trained run directory to start from")
-    p.add_argument("--category", required=True, help=f"the market: one of {', '.join(CATEGORIES)}")
+    p.add_argument("--category", required=True, help="the market: us_stocks, eu_stocks, emerging, commodities, crypto, indices or fx")
     p.add_argument("--universe", help="universe CSV (default: the parent's), restricted to --category")
     p.add_argument("--provider", help="data provider (default: the parent's)")
     p.add_argument("--data-dir", help="data cache folder (default: the parent's)")

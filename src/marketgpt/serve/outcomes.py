@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
 from sqlalchemy import select
 
 from .db import ForecastRun, Outcome, Signal, open_db, session
@@ -24,8 +22,11 @@ class OutcomeReport:
     failed: dict[str, str]
 
 
-def realised(dates: np.ndarray, close: np.ndarray, as_of, bars: int):
+def realised(dates, close, as_of, bars: int):
     """(date, close, simple return, log return) h bars after as_of, or None while that bar is not in the data."""
+    import numpy as np
+    import pandas as pd
+
     start = int(np.searchsorted(dates, np.datetime64(pd.Timestamp(as_of)), side="right")) - 1
     end = start + int(bars)
     if start < 0 or end >= len(dates):
@@ -35,6 +36,8 @@ def realised(dates: np.ndarray, close: np.ndarray, as_of, bars: int):
 
 
 def _histories(universe: str, symbols: list[str], provider: str, data_dir):
+    import pandas as pd
+
     from ..data import load_universe
     from ..forecast_cli import load_histories
 
