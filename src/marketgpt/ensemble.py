@@ -19,7 +19,6 @@ in place of a model, and that is the only place that knows.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -28,17 +27,10 @@ import numpy as np
 
 from .config import read_json, writable_dir
 from .errors import MarketGPTError
+from .run import file_sha256
 
 ENSEMBLE_FILE = "ensemble.json"
 COPIED = ("config.json", "tokenizer.json", "data_info.json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _member_info(run_dir) -> dict:

@@ -20,23 +20,18 @@ of the two models' daily mean NLL, written to finetune.json and printed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from .config import from_dict, parse_override, read_json
 from .errors import MarketGPTError
-from .run import check_run_dir, has_unknown_rows, read_run_config
+from .run import check_run_dir, file_sha256, has_unknown_rows, read_run_config
 
 FINETUNE_DEFAULTS = {"learning_rate": 3e-4, "warmup_ratio": 0.01, "epochs": 10, "early_stopping_patience": 2}
 # learning rate -> (best crypto val loss, its epoch, test NLL of the close return); the parent scores -1.3969 there
 LR_MEASURED = {1e-3: (4.6403, 1, -1.4322), 3e-4: (4.6734, 3, -1.4356), 1e-4: (4.8718, 3, -1.4053), 3e-5: (5.0518, 3, -1.3659)}
 RESULTS_FILE = "finetune.json"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def finetune_config(parent: Path, category: str, universe=None, provider=None, data_dir=None, overrides=()):

@@ -6,10 +6,20 @@ module, so no later stage imports the trainer.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from .config import Config, from_dict, read_json
 from .errors import MarketGPTError
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (a checkpoint can be large): how a run names weights it used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_run_config(run_dir: Path) -> Config:
