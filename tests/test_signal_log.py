@@ -146,9 +146,11 @@ def test_a_writer_killed_mid_batch_leaves_the_previous_day(db_url, fake_run):
     before = read_signals(engine=engine)
     engine.dispose()
     code = WRITER.format(tests=str(ROOT / "tests"), run=str(fake_run), url=db_url)
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, SLOW_WRITE_ENV: "0.5"},
-                            stdout=subprocess.PIPE, text=True)
-    time.sleep(4.0)          # imports, then the delete and a row or two into the batch
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, SLOW_WRITE_ENV: "60"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = iter(proc.stderr.readline, "")
+    assert any(line.startswith("flushed") for line in lines), "the writer never got into its batch"
+    time.sleep(0.2)
     assert proc.poll() is None, "the writer finished before it was killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

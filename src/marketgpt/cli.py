@@ -139,8 +139,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes get one line naming the option, and where the full usage is, not a screen of usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="marketgpt", description="Pretrain GPT-style models on tokenized market candles and evaluate them honestly.")
     parser.add_argument("--version", action="version", version=f"marketgpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

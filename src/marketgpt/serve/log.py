@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from sqlalchemy import delete, select
 from ..errors import MarketGPTError
 from .db import QUANTILES, ForecastRun, Signal, open_db, session
 
-#: test hook: seconds to sleep after each signal row inside the transaction (the crash test kills the writer there)
+#: test hook: seconds to sleep after each signal row inside the transaction, each flushed row announced on stderr
+#: (the crash test kills the writer once it has seen a row go in)
 SLOW_WRITE_ENV = "MARKETGPT_TEST_SLOW_WRITE_S"
 COLUMNS = ["last_close", "prob_up", "expected_return", "mean_log_return", "median_log_return",
            *[f"close_{q}" for q in QUANTILES], *[f"return_{q}" for q in QUANTILES], "confidence"]
@@ -66,6 +68,7 @@ def log_signals(table: pd.DataFrame, run_dir, universe: str, provider: str, data
                          signal=str(row["signal"]), **{c: _value(row, c) for c in COLUMNS}))
             if pause:
                 s.flush()
+                print(f"flushed {row['symbol']} {row['horizon']}", file=sys.stderr, flush=True)
                 time.sleep(pause)
         return run.id
 
