@@ -28,7 +28,7 @@ demo: $(STAMP)
 		--benchmark-universe sample --provider sample -o $$run/backtest
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_load.py
