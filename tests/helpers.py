@@ -42,3 +42,15 @@ def is_png(path: Path) -> bool:
     img = matplotlib.image.imread(path)
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.ndim == 3 and img.shape[2] in (3, 4) \
         and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def fresh_pg(url):
+    """The test database emptied, so each test starts from no tables."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

@@ -2,24 +2,19 @@
 (a writer killed with SIGKILL mid-batch leaves the previous state), hostile strings, bad URLs, outcomes from the
 candles without look-ahead, and a replay of a tiny run's signals over several days.
 
-PostgreSQL: MARKETGPT_TEST_PG_URL if set (.ci/run sets it from .ci/postgres-setup.sh), else the fixture starts one
-with that script when PostgreSQL is installed (or as root with CI set). With CI set, a PostgreSQL that cannot be
-started fails these tests instead of skipping them."""
+PostgreSQL: the db_url fixture of conftest.py."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT, run_cli, run_dir_of, small_config
-from sqlalchemy import create_engine, inspect, text
+from helpers import ROOT, fresh_pg, run_cli, run_dir_of, small_config
+from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
 from marketgpt.errors import MarketGPTError
@@ -28,54 +23,6 @@ from marketgpt.serve.log import SLOW_WRITE_ENV, log_signals, read_signals
 from marketgpt.serve.migrate import current
 from marketgpt.serve.outcomes import fill_outcomes
 from marketgpt.signals import compute_signals
-
-SETUP = ROOT / ".ci" / "postgres-setup.sh"
-
-
-@pytest.fixture(scope="session")
-def pg_url():
-    url = os.environ.get("MARKETGPT_TEST_PG_URL")
-    if url:
-        yield url
-        return
-    installed = any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if installed or (os.environ.get("CI") and os.geteuid() == 0):
-        folder = Path(tempfile.mkdtemp(prefix="marketgpt-pg-"))   # not under pytest's 0700 folders: the
-        folder.chmod(0o755)                                        # server runs as the postgres user
-        result = subprocess.run(["bash", str(SETUP), str(folder / "server")], capture_output=True, text=True,
-                                timeout=300)
-        if result.returncode == 0:
-            yield result.stdout.strip().splitlines()[-1]
-            pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
-            user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            subprocess.run([*user, str(pg_ctl), "-D", str(folder / "server" / "data"), "-m", "immediate", "stop"],
-                           capture_output=True, timeout=60)
-            shutil.rmtree(folder, ignore_errors=True)
-            return
-        message = f"PostgreSQL could not be started: {result.stderr.strip()[-500:]}"
-    else:
-        message = "PostgreSQL is not installed: apt-get install postgresql, or set MARKETGPT_TEST_PG_URL"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _fresh_pg(url):
-    """The test database emptied, so each test starts from no tables."""
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log' / 'marketgpt.db'}"
-    return _fresh_pg(request.getfixturevalue("pg_url"))
-
 
 @pytest.fixture
 def fake_run(tmp_path):
@@ -172,7 +119,7 @@ def test_bad_urls_are_one_line_without_the_password(tmp_path):
 
 def test_sqlite_and_postgresql_give_identical_results(tmp_path, pg_url, fake_run):
     frames = []
-    for url in (f"sqlite:///{tmp_path / 'same.db'}", _fresh_pg(pg_url)):
+    for url in (f"sqlite:///{tmp_path / 'same.db'}", fresh_pg(pg_url)):
         engine = open_db(url)
         for day in ("2012-03-01", "2012-03-02", "2012-03-03"):
             log_signals(day_table(day), fake_run, "sample", "sample", data_dir=tmp_path / "data", engine=engine)
