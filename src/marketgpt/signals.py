@@ -223,8 +223,11 @@ def format_signals(table) -> str:
 
 def compute_signals(run_dir, symbols=None, universe=None, provider=None, data_dir=None, as_of=None,
                     names=HORIZON_NAMES, samples: int = 512, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-                    cost_bps: float = 5.0, slippage_bps: float = 2.0, device=None, progress: bool = False):
-    """(signal table, forecast) of a run's assets as of a day: what `marketgpt signals` computes, from Python."""
+                    cost_bps: float = 5.0, slippage_bps: float = 2.0, device=None, progress: bool = False,
+                    baseline: bool = True):
+    """(signal table, forecast) of a run's assets as of a day: what `marketgpt signals` computes, from Python.
+    With `baseline`, each row also carries the GARCH(1,1)-t baseline of its asset and horizon, fitted on the history
+    the forecast used (dated <= as_of; serve.baseline), which the signal log stores beside it for the monitor."""
     from .forecast_cli import forecast_universe
 
     # the longest horizon on either calendar, since an asset's calendar is known only from its history
@@ -235,6 +238,10 @@ def compute_signals(run_dir, symbols=None, universe=None, provider=None, data_di
         raise MarketGPTError("no asset could be forecast: " + "; ".join(f"{s}: {r}" for s, r in forecast.failed.items()))
     calendars = {s: a.calendar for s, a in forecast.assets.items()}
     table = signal_table(forecast.to_frame(LEVELS), calendars, names, threshold, cost_bps, slippage_bps)
+    if baseline:
+        from .serve.baseline import add_baseline
+
+        table = add_baseline(table, {s: a.history.close.to_numpy() for s, a in forecast.assets.items()})
     return table, forecast
 
 

@@ -21,6 +21,8 @@ from .db import QUANTILES, ForecastRun, Signal, open_db, session
 SLOW_WRITE_ENV = "MARKETGPT_TEST_SLOW_WRITE_S"
 COLUMNS = ["last_close", "prob_up", "expected_return", "mean_log_return", "median_log_return",
            *[f"close_{q}" for q in QUANTILES], *[f"return_{q}" for q in QUANTILES], "confidence"]
+#: the GARCH(1,1)-t baseline beside each signal (serve.baseline), NULL when the table has none
+BASELINE_COLUMNS = ["baseline_prob_up", *[f"baseline_return_{q}" for q in QUANTILES]]
 
 
 def model_version(run_dir) -> str:
@@ -38,6 +40,10 @@ def model_version(run_dir) -> str:
 def _value(row, column):
     v = row.get(column)
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _name(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def log_signals(table: pd.DataFrame, run_dir, universe: str, provider: str, data_dir=None, url: str | None = None,
@@ -65,7 +71,8 @@ def log_signals(table: pd.DataFrame, run_dir, universe: str, provider: str, data
         for row in table.to_dict("records"):
             s.add(Signal(run_id=run.id, symbol=str(row["symbol"]), as_of=pd.Timestamp(row["as_of"]).date(),
                          horizon=str(row["horizon"]), bars=int(row["bars"]), model_version=version,
-                         signal=str(row["signal"]), **{c: _value(row, c) for c in COLUMNS}))
+                         signal=str(row["signal"]), baseline=_name(row.get("baseline")),
+                         **{c: _value(row, c) for c in COLUMNS + BASELINE_COLUMNS}))
             if pause:
                 s.flush()
                 print(f"flushed {row['symbol']} {row['horizon']}", file=sys.stderr, flush=True)
@@ -79,7 +86,8 @@ def read_signals(url: str | None = None, data_dir=None, engine=None, with_outcom
 
     engine = engine or open_db(url, data_dir)
     columns = [ForecastRun.model, Signal.model_version, Signal.symbol, Signal.as_of, Signal.horizon, Signal.bars,
-               Signal.signal, *[getattr(Signal, c) for c in COLUMNS]]
+               Signal.signal, *[getattr(Signal, c) for c in COLUMNS], Signal.baseline,
+               *[getattr(Signal, c) for c in BASELINE_COLUMNS]]
     if with_outcomes:
         columns += [Outcome.realised_date, Outcome.realised_close, Outcome.realised_return, Outcome.realised_log_return]
     query = select(*columns).join(ForecastRun, Signal.run_id == ForecastRun.id)
