@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     from . import backtest, cluster, ensemble, evaluate, finetune, forecast_cli, signals, walkforward
-    from .serve import outcomes
+    from .serve import outcomes, server
 
     evaluate.add_commands(sub)
     forecast_cli.add_commands(sub)
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     walkforward.add_commands(sub)
     cluster.add_commands(sub)
     outcomes.add_commands(sub)
+    server.add_commands(sub)
     return parser
 
 

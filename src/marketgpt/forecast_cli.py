@@ -116,6 +116,21 @@ def select_universe(run_dir: Path, cfg, universe: str | None, symbols: list[str]
     return frame
 
 
+def histories_for(run_dir, cfg, symbols, universe, provider, data_dir):
+    """(universe frame, candles, {symbol: reason}, provider, data dir) of the assets to forecast: the run's own
+    universe, provider and cache unless given; raises when not one asset loads."""
+    frame = select_universe(Path(run_dir), cfg, universe, symbols)
+    if provider is None:
+        provider = cfg.data.provider if universe is None else ("sample" if str(universe).lower() == "sample"
+                                                               else cfg.data.provider)
+    if data_dir is None:
+        data_dir = cfg.data.data_dir or None
+    candles, failed = load_histories(frame, provider, data_dir)
+    if candles is None:
+        raise MarketGPTError("no asset could be loaded: " + "; ".join(f"{s}: {r}" for s, r in failed.items()))
+    return frame, candles, failed, provider, data_dir
+
+
 def forecast_universe(run_dir, symbols: list[str] | None = None, universe: str | None = None,
                       provider: str | None = None, data_dir=None, as_of=None, horizon: int = 21,
                       num_samples: int = 512, seed: int = 0, temperature: float = 1.0, top_p: float | None = None,
@@ -126,15 +141,7 @@ def forecast_universe(run_dir, symbols: list[str] | None = None, universe: str |
 
     forecaster = Forecaster.from_pretrained(run_dir, device)
     cfg = forecaster.cfg
-    frame = select_universe(Path(run_dir), cfg, universe, symbols)
-    if provider is None:
-        provider = cfg.data.provider if universe is None else ("sample" if str(universe).lower() == "sample"
-                                                               else cfg.data.provider)
-    if data_dir is None:
-        data_dir = cfg.data.data_dir or None
-    candles, failed = load_histories(frame, provider, data_dir)
-    if candles is None:
-        raise MarketGPTError("no asset could be loaded: " + "; ".join(f"{s}: {r}" for s, r in failed.items()))
+    frame, candles, failed, provider, data_dir = histories_for(run_dir, cfg, symbols, universe, provider, data_dir)
     bar = None
     if progress:
         from tqdm import tqdm

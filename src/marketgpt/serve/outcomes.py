@@ -35,7 +35,8 @@ def realised(dates, close, as_of, bars: int):
     return pd.Timestamp(dates[end]).date(), value, value / base - 1.0, float(np.log(value / base))
 
 
-def _histories(universe: str, symbols: list[str], provider: str, data_dir):
+def closes_of(universe: str, symbols: list[str], provider: str, data_dir):
+    """({symbol: (dates, closes)} of the symbols that load, {symbol: reason} for the others)."""
     import pandas as pd
 
     from ..data import load_universe
@@ -70,7 +71,7 @@ def fill_outcomes(url: str | None = None, provider: str | None = None, data_dir=
             key = (run.universe, provider or run.provider, data_dir if data_dir is not None else run.data_dir)
             groups.setdefault(key, []).append(signal)
         for (universe, prov, folder), signals in groups.items():
-            histories, bad = _histories(universe, sorted({x.symbol for x in signals}), prov, folder)
+            histories, bad = closes_of(universe, sorted({x.symbol for x in signals}), prov, folder)
             failed.update(bad)
             for signal in signals:
                 got = histories.get(signal.symbol) and realised(*histories[signal.symbol], signal.as_of, signal.bars)
