@@ -17,12 +17,9 @@ from marketgpt.config import from_dict
 from marketgpt.data import time_split
 from marketgpt.dataset import prepare_dataset
 from marketgpt.errors import MarketGPTError
-from marketgpt.tokenizer import (
-    CandleTokenizer,
-    _Bucketizer,
-    format_inspection,
-    inspect_tokenizer,
-)
+from marketgpt.tokenizer import CandleTokenizer
+from marketgpt.tokenizer_bins import Bucketizer
+from marketgpt.tokenizer_inspect import format_inspection, inspect_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -290,7 +287,7 @@ def test_fast_bucketizer_equals_searchsorted(seed, size):
                 rng.standard_t(2, size // 4) * 10.0 ** rng.integers(-9, 1, size // 4),
                 [0.0, -0.0, np.inf, -np.inf, 1e300, -1e300, 5e-324, -5e-324],
             ])
-            np.testing.assert_array_equal(_Bucketizer(e)(x), np.searchsorted(e, x, side="right"))
+            np.testing.assert_array_equal(Bucketizer(e)(x), np.searchsorted(e, x, side="right"))
 
 
 # ---------------------------------------------------------------- edge cases

@@ -67,7 +67,7 @@ def cmd_tokenizer_fit(args) -> int:
     from .config import writable_file
     from .data import time_split
     from .dataset import fit_tokenizer
-    from .tokenizer import format_inspection, inspect_tokenizer
+    from .tokenizer_inspect import format_inspection, inspect_tokenizer
 
     out = writable_file(args.output or f"tokenizer_{Path(args.universe).stem.lower()}_{args.vocab_size}.json",
                         "tokenizer")
@@ -81,7 +81,8 @@ def cmd_tokenizer_fit(args) -> int:
 
 
 def cmd_tokenizer_inspect(args) -> int:
-    from .tokenizer import CandleTokenizer, format_inspection, inspect_tokenizer
+    from .tokenizer import CandleTokenizer
+    from .tokenizer_inspect import format_inspection, inspect_tokenizer
 
     tokenizer = CandleTokenizer.load(args.path)
     frame = _universe_candles(args) if args.universe else None
