@@ -85,3 +85,94 @@ def test_the_logged_baseline_uses_the_past_only(real):
     before = copy_series(real["shared"], tmp / "src_before", factor=1.5, when="2016-05-02", only=True)
     changed = _baseline(real["run"], universe, before, as_of)
     assert not np.allclose(changed[BASELINE_COLUMNS].to_numpy(), base[BASELINE_COLUMNS].to_numpy())
+
+
+# --- the monitor on a replayed log -------------------------------------------------------------------------------
+
+#: the replay: every test-split day up to this as-of day (40 trading days after BREAK)
+REPLAY_END = "2016-06-28"
+#: the ×3 alarm must trip within this many trading days of BREAK
+DETECT_WITHIN = 20
+
+
+def replay(run, source, universe, url, data_dir):
+    """Log the run's one-step out-of-sample forecasts day by day (one batch per as-of day), each with the GARCH-t
+    baseline of the history up to that day (serve.baseline.garch_baseline, refitted every 20 days as the evaluation
+    does rather than daily, to keep the test fast), then fill the outcomes from the files."""
+    from marketgpt.serve.baseline import BASELINE, COLUMNS, garch_baseline, symbol_seed
+    from marketgpt.serve.db import open_db
+    from marketgpt.serve.log import log_signals
+    from marketgpt.serve.outcomes import fill_outcomes
+    from marketgpt.signals import signal_table
+    from marketgpt.wf_outputs import one_step_tables
+
+    forecast, _ = one_step_tables(run, "cpu")
+    forecast = forecast[forecast.as_of <= REPLAY_END].copy()
+    forecast[COLUMNS] = np.nan
+    for category, symbol in SERIES:
+        frame = pd.read_csv(source / category / f"{symbol}.csv")
+        dates, returns = pd.to_datetime(frame.date), np.diff(np.log(frame.close.to_numpy()))
+        mine = (forecast.symbol == symbol).to_numpy()
+        origins = np.searchsorted(dates, forecast.as_of[mine]) - 1
+        prob_up, q = garch_baseline(returns, origins, [1], symbol_seed(symbol), refit_every=20)
+        forecast.loc[mine, COLUMNS] = np.column_stack([prob_up[:, 0], q[:, 0]])
+    engine = open_db(url)
+    for day, rows in forecast.groupby("as_of"):
+        table = signal_table(rows, {s: "business" for _, s in SERIES}, ("1d",))
+        table = table.merge(rows[["symbol", *COLUMNS]], on="symbol").assign(baseline=BASELINE)
+        log_signals(table, run, str(universe), f"files:{source}", data_dir, as_of=day, engine=engine)
+    report = fill_outcomes(engine=engine)
+    assert report.filled == len(forecast) and not report.failed
+    return engine
+
+
+@pytest.fixture(scope="module")
+def logs(real):
+    tmp = real["tmp"]
+    tripled = copy_series(real["shared"], tmp / "src_x3", factor=3.0)
+    x3_run = train_on(tmp, "x3", tripled)
+    universe = universe_file(tmp)
+    out = {}
+    for name, run, source in (("base", real["run"], real["source"]), ("x3", x3_run, tripled)):
+        url = f"sqlite:///{tmp / f'{name}.db'}"
+        replay(run, source, universe, url, tmp / name / "data").dispose()
+        out[name] = url
+    return out
+
+
+def test_tripled_returns_trip_the_alarm_and_the_real_series_stay_quiet(logs):
+    from marketgpt.serve.monitor import monitor_report
+
+    quiet, tripped = monitor_report(logs["base"]), monitor_report(logs["x3"])
+    json.dumps(quiet, allow_nan=False), json.dumps(tripped, allow_nan=False)
+    assert [m["horizon"] for m in quiet["models"]] == ["1d"] and len(tripped["models"]) == 1
+    q, t = quiet["models"][0], tripped["models"][0]
+    assert q["n"] == t["n"] > 3 * 150 and q["metrics"]["baseline_n"] == q["n"]
+    assert quiet["status"] == q["status"] == "OK" and q["tripped_on"] is None, q["reason"]
+    assert q["metrics"]["cusum_max"] < q["metrics"]["warn_at"]
+    assert tripped["status"] == t["status"] == "RETRAIN", t["reason"]
+    days = pd.bdate_range(BREAK, t["tripped_on"])
+    assert pd.Timestamp(t["tripped_on"]) >= pd.Timestamp(BREAK) and len(days) <= DETECT_WITHIN, t["tripped_on"]
+    assert t["tripped_on"] in t["reason"]
+    # after the break the baseline adapts to the wider moves and the model does not: its skill falls
+    assert t["metrics"]["skill_qs"] < q["metrics"]["skill_qs"]
+    for key in ("coverage50", "coverage90", "kupiec50_p", "kupiec90_p", "pit_ks_p", "brier", "brier_baseline"):
+        assert q["metrics"][key] is not None and 0 <= q["metrics"][key] <= 1
+
+
+def test_monitor_command(logs, tmp_path):
+    result = run_cli("monitor", "--db", logs["x3"], "--horizon", "1d")
+    assert result.returncode == 0, result.stderr
+    assert "RETRAIN" in result.stdout and "overall: RETRAIN" in result.stdout
+    as_json = run_cli("monitor", "--db", logs["x3"], "--json")
+    from marketgpt.serve.monitor import monitor_report
+
+    assert json.loads(as_json.stdout) == monitor_report(logs["x3"])
+    assert json.loads(run_cli("monitor", "--db", logs["x3"], "--run", "nosuchrun", "--json").stdout) == \
+        {"status": "NO DATA", "models": []}
+    empty = run_cli("monitor", "--db", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert empty.returncode == 0 and empty.stdout.startswith("NO DATA"), empty.stderr
+    bad = run_cli("monitor", "--db", "postgresql+psycopg://u:secret@127.0.0.1:1/db")
+    assert bad.returncode == 2 and "secret" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    horizon = run_cli("monitor", "--db", logs["x3"], "--horizon", "3d")
+    assert horizon.returncode == 2 and "horizon 3d unknown" in horizon.stderr

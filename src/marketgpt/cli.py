@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     from . import backtest, cluster, ensemble, evaluate, finetune, forecast_cli, signals, walkforward
-    from .serve import outcomes, server
+    from .serve import monitor, outcomes, server
 
     evaluate.add_commands(sub)
     forecast_cli.add_commands(sub)
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_commands(sub)
     walkforward.add_commands(sub)
     cluster.add_commands(sub)
+    monitor.add_commands(sub)
     outcomes.add_commands(sub)
     server.add_commands(sub)
     return parser
