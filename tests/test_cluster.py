@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from marketgpt.checkpoint import load_checkpoint
-from marketgpt.cluster import SlurmOptions, job_script, launch, write_job_script
+from marketgpt.cluster import SlurmOptions, job_script, write_job_script
+from marketgpt.cluster_launch import launch
 from marketgpt.cluster_status import format_status, run_status
 from marketgpt.errors import MarketGPTError
 

@@ -1,9 +1,10 @@
 """Cluster operations on SLURM: job scripts (one or more nodes, torchrun with c10d rendezvous), requeue before the
 time limit, a launcher for several cases at once, and the status of runs (`cluster_status`).
 
-Python API: `SlurmOptions`, `job_script(cfg_path, options) -> str`, `write_job_script(cfg_path, options) -> Path`,
-`launch(configs, options, yes=...) -> list[Submitted]`, `check_data(cfg)`, and from `cluster_status`:
-`run_status(run_dir) -> dict`, `format_status(statuses) -> str`.
+Python API: `SlurmOptions`, `job_script(cfg_path, options) -> str`, `write_job_script(cfg_path, options) -> Path`;
+from `cluster_launch`: `launch(configs, options, yes=...) -> list[Submitted]`, `check_data(cfg)`; from
+`cluster_status`: `run_status(run_dir) -> dict`, `format_status(statuses) -> str`. The walk-forward's job array is
+in `cluster_walkforward`, the calls to sinfo and sbatch in `slurm_tools`.
 
 How a job survives its time limit: the script asks SLURM for SIGUSR1 to the batch shell `signal_seconds` before the
 limit (`--signal=B:USR1@N`). The shell's trap forwards SIGTERM to the job step (`scancel --signal=TERM JOBID`, which
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -141,6 +140,94 @@ class SlurmOptions:
         return f"{where} × {what}, {self.cpus} CPUs, {self.memory} per node, {self.time} on partition {self.partition}"
 
 
+# --- pieces of every job script ------------------------------------------------------------------------------------
+
+def sbatch_header(options: SlurmOptions, case: str, log_stem: str, requeue: bool = True,
+                  extra: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(the job's working directory, the #SBATCH lines) for `options`; logs go to LOG_STEM.out/.err."""
+    sbatch = [f"--job-name={case}", f"--partition={options.partition}"]
+    if options.account:
+        sbatch.append(f"--account={options.account}")
+    sbatch += [f"--nodes={options.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={options.cpus}"]
+    if options.gres:
+        sbatch.append(f"--gres={options.gres}")
+    # SLURM opens the log files before the script runs, relative to the job's working directory: pinning it to
+    # this directory (where write_job_script creates the log folder) makes the script work from any submit folder.
+    workdir = check_text(str(Path.cwd()), "working directory")
+    sbatch += [f"--chdir={workdir}" if PLAIN_PATH.fullmatch(workdir) else f'--chdir="{workdir}"',
+               f"--mem={options.memory}", f"--time={options.time}",
+               f"--output={log_stem}.out", f"--error={log_stem}.err", "--open-mode=append", *extra]
+    if requeue:
+        sbatch += ["--requeue", f"--signal=B:USR1@{options.signal_seconds}"]
+    return workdir, "\n".join(f"#SBATCH {line}" for line in sbatch)
+
+
+def device_env(options: SlurmOptions) -> str:
+    gpus = options.gpus_per_node
+    if gpus:
+        visible = ",".join(str(i) for i in range(gpus))
+        return (f'export CUDA_VISIBLE_DEVICES="${{CUDA_VISIBLE_DEVICES:-{visible}}}"   # keep the GPUs SLURM '
+                f"assigned, if it says\nexport PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512\n"
+                f'export OMP_NUM_THREADS=$(( ${{SLURM_CPUS_PER_TASK:-{options.cpus}}} / {gpus} ))')
+    return f'export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-{options.cpus}}}"'
+
+
+# SIGUSR1 before the time limit: the step is told to stop (SIGTERM: the trainer saves last.pt) and the job requeues
+TRAPS = """STOP=""
+on_usr1() {
+    STOP=requeue
+    say "SIGUSR1 (time limit near): asking the trainer to save last.pt"
+    scancel --signal=TERM "$SLURM_JOB_ID"   # every job step on every node; not this shell
+}
+on_term() {
+    [ -z "$STOP" ] || return 0              # SLURM ends the shell of a job being requeued
+    STOP=term
+    say "SIGTERM (cancelled or preempted): the trainer saves last.pt; waiting for it"
+}
+trap on_usr1 USR1
+trap on_term TERM
+"""
+
+
+def run_step(command: str) -> str:
+    """The job step in the background (so the traps run), waited for through interrupted `wait`s; its exit code
+    in RC."""
+    return f"""if [ -z "$STOP" ]; then
+    {command} &
+    STEP=$!
+    while :; do
+        wait "$STEP"; RC=$?
+        kill -0 "$STEP" 2>/dev/null || break     # a trap interrupted `wait`: keep waiting for the step
+    done
+else
+    RC=0
+fi
+"""
+
+
+def step_until_done(step: str, done: str, message: str) -> str:
+    """finished() (the shell test `done`), the step run and waited for, and exit 0 with `message` once done."""
+    return f"""finished() {{ {done}; }}
+
+{run_step(step)}
+if finished; then
+    say "{message}: $RUN_DIR"
+    exit 0
+fi
+"""
+
+
+def requeue_lines(what: str, saved: str = '[ -f "$RUN_DIR/last.pt" ]') -> str:
+    """What the shell does after a SIGUSR1: requeue itself (same job id), the next start resumes WHAT. `saved`:
+    the shell test that a checkpoint is there."""
+    return f"""if [ "$STOP" = requeue ]; then
+    say "requeueing (last.pt: $( {saved} && echo saved || echo none )); the next start resumes {what}"
+    scontrol requeue "$SLURM_JOB_ID" && sleep 300   # SLURM ends this shell while requeueing
+    exit 1
+fi
+"""
+
+
 # --- the job script ---------------------------------------------------------------------------------------------
 
 def _load(cfg_path: str | Path, overrides: list[str]):
@@ -167,34 +254,20 @@ def job_script(cfg_path: str | Path, options: SlurmOptions | None = None, script
     nproc = max(gpus, 1)
     q = shlex.quote
 
-    sbatch = [f"--job-name={case}", f"--partition={options.partition}"]
-    if options.account:
-        sbatch.append(f"--account={options.account}")
-    sbatch += [f"--nodes={options.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={options.cpus}"]
-    if options.gres:
-        sbatch.append(f"--gres={options.gres}")
-    # SLURM opens the log files before the script runs, relative to the job's working directory: pinning it to
-    # this directory (where write_job_script creates the log folder) makes the script work from any submit folder.
-    workdir = check_text(str(Path.cwd()), "working directory")
-    sbatch += [f"--chdir={workdir}" if PLAIN_PATH.fullmatch(workdir) else f'--chdir="{workdir}"',
-               f"--mem={options.memory}", f"--time={options.time}",
-               f"--output={log_dir}/{case}_%j.out", f"--error={log_dir}/{case}_%j.err", "--open-mode=append",
-               "--requeue", f"--signal=B:USR1@{options.signal_seconds}"]
-    header = "\n".join(f"#SBATCH {line}" for line in sbatch)
+    workdir, header = sbatch_header(options, case, f"{log_dir}/{case}_%j")
 
     train_args = []
     for text in options.overrides:
         train_args += ["--set", text]
-    if gpus:
-        visible = ",".join(str(i) for i in range(gpus))
-        device_env = (f'export CUDA_VISIBLE_DEVICES="${{CUDA_VISIBLE_DEVICES:-{visible}}}"   # keep the GPUs SLURM '
-                      f"assigned, if it says\nexport PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512\n"
-                      f'export OMP_NUM_THREADS=$(( ${{SLURM_CPUS_PER_TASK:-{options.cpus}}} / {gpus} ))')
-    else:
-        device_env = f'export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-{options.cpus}}}"'
     fixed_run_dir = q(options.run_dir) if options.run_dir else '""'
     created = datetime.now().isoformat(timespec="seconds")
     script = script_path or f"{log_dir}/{case}.sh"
+    done = 'grep -q \'"finished": true\' "$RUN_DIR/training_log.json" 2>/dev/null'
+    step = (f'srun --ntasks-per-node=1 --cpus-per-task="${{SLURM_CPUS_PER_TASK:-{options.cpus}}}" --kill-on-bad-exit=0 '
+            f'\\\n        "$PYTHON" -m torch.distributed.run \\\n'
+            f'        --nnodes="${{SLURM_JOB_NUM_NODES:-1}}" --nproc-per-node="$NPROC_PER_NODE" \\\n'
+            f'        --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="marketgpt-$SLURM_JOB_ID" \\\n'
+            f'        -m marketgpt.cli train "$CONFIG" --run-dir "$RUN_DIR" "${{TRAIN_ARGS[@]}}"')
 
     return f"""#!/bin/bash
 # MarketGPT training job for case {case}: {options.describe()}.
@@ -216,7 +289,7 @@ GPUS_PER_NODE={gpus}
 NPROC_PER_NODE={nproc}
 TRAIN_ARGS=({" ".join(q(a) for a in train_args)})
 
-{device_env}
+{device_env(options)}
 export PYTHONUNBUFFERED=1
 
 say() {{ echo "[$(date '+%F %T')] marketgpt job ${{SLURM_JOB_ID}}: $*"; }}
@@ -244,47 +317,8 @@ PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
 
 say "start ${{SLURM_RESTART_COUNT:-0}} on ${{SLURM_JOB_NODELIST:-?}}: ${{SLURM_JOB_NUM_NODES:-1}} node(s) x $NPROC_PER_NODE process(es), run directory $RUN_DIR"
 
-STOP=""
-on_usr1() {{
-    STOP=requeue
-    say "SIGUSR1 (time limit near): asking the trainer to save last.pt"
-    scancel --signal=TERM "$SLURM_JOB_ID"   # every job step on every node; not this shell
-}}
-on_term() {{
-    [ -z "$STOP" ] || return 0              # SLURM ends the shell of a job being requeued
-    STOP=term
-    say "SIGTERM (cancelled or preempted): the trainer saves last.pt; waiting for it"
-}}
-trap on_usr1 USR1
-trap on_term TERM
-
-finished() {{ grep -q '"finished": true' "$RUN_DIR/training_log.json" 2>/dev/null; }}
-
-if [ -z "$STOP" ]; then
-    srun --ntasks-per-node=1 --cpus-per-task="${{SLURM_CPUS_PER_TASK:-{options.cpus}}}" --kill-on-bad-exit=0 \\
-        "$PYTHON" -m torch.distributed.run \\
-        --nnodes="${{SLURM_JOB_NUM_NODES:-1}}" --nproc-per-node="$NPROC_PER_NODE" \\
-        --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="marketgpt-$SLURM_JOB_ID" \\
-        -m marketgpt.cli train "$CONFIG" --run-dir "$RUN_DIR" "${{TRAIN_ARGS[@]}}" &
-    STEP=$!
-    while :; do
-        wait "$STEP"; RC=$?
-        kill -0 "$STEP" 2>/dev/null || break     # a trap interrupted `wait`: keep waiting for the step
-    done
-else
-    RC=0
-fi
-
-if finished; then
-    say "training finished: $RUN_DIR"
-    exit 0
-fi
-if [ "$STOP" = requeue ]; then
-    say "requeueing (last.pt: $( [ -f "$RUN_DIR/last.pt" ] && echo saved || echo none )); the next start resumes $RUN_DIR"
-    scontrol requeue "$SLURM_JOB_ID" && sleep 300   # SLURM ends this shell while requeueing
-    exit 1
-fi
-say "training stopped with exit code $RC; resume with: sbatch --export=ALL,MARKETGPT_RUN_DIR=$RUN_DIR {q(str(script))}"
+{TRAPS}
+{step_until_done(step, done, "training finished")}{requeue_lines("$RUN_DIR")}say "training stopped with exit code $RC; resume with: sbatch --export=ALL,MARKETGPT_RUN_DIR=$RUN_DIR {q(str(script))}"
 exit "$RC"
 """
 
@@ -307,198 +341,14 @@ def write_job_script(cfg_path: str | Path, options: SlurmOptions | None = None, 
     return path
 
 
-# --- talking to SLURM ---------------------------------------------------------------------------------------------
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise MarketGPTError(f"{name} not found on PATH: the SLURM client tools are missing here "
-                             f"(run this on a login node of the cluster, or `module load slurm`)")
-    return path
-
-
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise MarketGPTError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f} s (is slurmctld up?)") from None
-
-
-def _first_error_line(result: subprocess.CompletedProcess) -> str:
-    """The line of a failed SLURM command that says what went wrong, without the `sbatch: error:` prefix."""
-    lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    line = errors[-1] if errors else (lines[0] if lines else f"exit code {result.returncode}")
-    return re.sub(r"^\w+: error: ", "", line)
-
-
-def partitions() -> dict[str, bool]:
-    """Partition name -> is the default, from `sinfo`."""
-    result = _run([require_tool("sinfo"), "-h", "-o", "%P"])
-    if result.returncode:
-        raise MarketGPTError(f"sinfo failed: {_first_error_line(result)}")
-    out = {}
-    for line in result.stdout.split():
-        out[line.rstrip("*")] = line.endswith("*")
-    return out
-
-
-def check_partition(name: str) -> None:
-    known = partitions()
-    if name not in known:
-        listed = ", ".join(p + (" (default)" if d else "") for p, d in known.items()) or "none"
-        raise MarketGPTError(f"partition '{name}' does not exist on this cluster; partitions: {listed} "
-                             f"(use --partition)")
-
-
-def cluster_state() -> str:
-    result = _run([require_tool("sinfo"), "-o", "%12P %.5a %.11l %.6D %.10T %.16G %N"])
-    if result.returncode:
-        raise MarketGPTError(f"sinfo failed: {_first_error_line(result)}")
-    return result.stdout.rstrip()
-
-
-def dry_run_submit(script: Path) -> str:
-    """`sbatch --test-only`: SLURM checks the script and whether the resources can ever be had, submits nothing."""
-    result = _run([require_tool("sbatch"), "--test-only", str(script)])
-    if result.returncode:
-        raise MarketGPTError(f"{script}: SLURM rejects it: {_first_error_line(result)}")
-    line = (result.stderr.strip() or result.stdout.strip() or "accepted").splitlines()[-1].removeprefix("sbatch: ")
-    return re.sub(r"^Job \d+ to start", "would start", line)    # --test-only names a job id it never uses
-
-
-def submit(script: Path) -> str:
-    result = _run([require_tool("sbatch"), "--parsable", str(script)])
-    if result.returncode:
-        raise MarketGPTError(f"sbatch {script} failed: {_first_error_line(result)}")
-    return result.stdout.strip().split(";")[0]
-
-
-# --- the launcher ---------------------------------------------------------------------------------------------------
-
-def check_data(cfg, source: str = "config") -> str:
-    """Whether a config's candles are there: network providers (yfinance, ccxt) must have been downloaded;
-    the sample and files providers fill the cache themselves on first use."""
-    from .data import CandleCache, download_command, get_provider, load_universe
-
-    d = cfg.data
-    provider = get_provider(d.provider)
-    universe = load_universe(d.universe)
-    if provider.offline:
-        return f"{len(universe)} assets from provider {d.provider} (cached on first use)"
-    cache = CandleCache(d.data_dir or None, d.provider)
-    missing = [s for s in universe.symbol if not cache.exists(s)]
-    if missing:
-        raise MarketGPTError(
-            f"{source}: no cached data for {len(missing)} of {len(universe)} assets of universe '{d.universe}' under "
-            f"{cache.root} (first: {missing[0]}); run `{download_command(d.universe, d.provider, d.data_dir)}` first")
-    return f"{len(universe)} assets cached under {cache.root}"
-
-
-@dataclass
-class Submitted:
-    case: str
-    config: str
-    script: Path
-    job_id: str
-    out: Path
-    err: Path
-
-
-def monitor_script(jobs: list[Submitted], log_dir: Path, roots: list[str] = ("checkpoints",)) -> Path:
-    ids = ",".join(j.job_id for j in jobs)
-    logs = " ".join(shlex.quote(str(p)) for j in jobs for p in (j.out, j.err))
-    status = "\n".join(f"{shlex.quote(sys.executable)} -m marketgpt.cli status --all --root {shlex.quote(r)}"
-                       for r in roots)
-    path = log_dir / "monitor.sh"
-    path.write_text(f"""#!/bin/bash
-# Follow the jobs submitted by `marketgpt launch` on {datetime.now().isoformat(timespec="seconds")}:
-# queue state, run status, then the logs as they grow (Ctrl-C to stop).
-cd {shlex.quote(str(Path.cwd()))}
-squeue -j {ids} -o "%.10i %.10P %.20j %.9T %.10M %.11l %.5D %R"
-{status}
-exec tail -n 20 -F {logs}
-""")
-    path.chmod(0o755)
-    return path
-
-
-def confirm(question: str, input_fn=input) -> bool:
-    """Ask on stdin; no stdin (closed, /dev/null, end of input) means no."""
-    try:
-        answer = input_fn(question)
-    except (EOFError, OSError, RuntimeError):     # RuntimeError: no sys.stdin at all
-        print()
-        return False
-    return answer.strip().lower() in ("y", "yes")
-
-
-def launch(configs: list[str | Path], options: SlurmOptions | None = None, yes: bool = False, log=print,
-           input_fn=input) -> list[Submitted]:
-    """Check every config and its data, show the cluster, confirm, submit one job per config, write
-    `<log_dir>/monitor.sh`, and say how to follow the jobs. Returns the submitted jobs ([] if not confirmed)."""
-    options = options or SlurmOptions()
-    options.check()
-    if not configs:
-        raise MarketGPTError("launch: give at least one config")
-    cases: dict[str, tuple[str, object]] = {}
-    for path in configs:
-        cfg = _load(path, options.overrides)
-        info = check_data(cfg, str(path))
-        case = _case_name(cfg.name)
-        if case in cases:
-            raise MarketGPTError(f"{path}: case name '{case}' is also used by {cases[case][0]}; give each config its "
-                                 f"own `name` (it names the job, the logs and the run directory)")
-        cases[case] = (str(path), cfg)
-        log(f"config {path}: case {case}, {info}")
-    require_tool("sbatch")
-    check_partition(options.partition)
-    log("cluster state (sinfo):")
-    log(cluster_state())
-
-    log_dir = Path(options.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    scripts = []
-    for case, (path, cfg) in cases.items():
-        per_case = SlurmOptions(**{**options.__dict__, "job_name": case})
-        script = write_job_script(path, per_case, log_dir / f"{case}.sh")
-        estimate = dry_run_submit(script)
-        scripts.append((case, path, script))
-        log(f"  {case}: {options.describe()}; script {script}; {estimate}")
-    total_gpus = options.nodes * options.gpus_per_node * len(scripts)
-    question = (f"submit {len(scripts)} job(s)" + (f" ({total_gpus} GPUs in all)" if total_gpus else "")
-                + f" to partition {options.partition}? [y/N] ")
-    if not yes and not confirm(question, input_fn):
-        log("nothing submitted (no confirmation; pass --yes to submit without asking)")
-        return []
-
-    jobs = []
-    for case, path, script in scripts:
-        job_id = submit(script)
-        jobs.append(Submitted(case, path, script, job_id, log_dir / f"{case}_{job_id}.out",
-                              log_dir / f"{case}_{job_id}.err"))
-    roots = sorted({cfg.training.checkpoint_dir for _, cfg in cases.values()})
-    monitor = monitor_script(jobs, log_dir, roots)
-    for j in jobs:
-        log(f"submitted {j.case}: job {j.job_id}; log {j.out} (errors {j.err})")
-    log("follow them with:")
-    log(f"  squeue -j {','.join(j.job_id for j in jobs)}")
-    for j in jobs:
-        log(f"  tail -f {j.out}")
-    for root in roots:
-        log(f"  marketgpt status --all --root {shlex.quote(root)}")
-    log(f"  {monitor}        # all of the above")
-    log(f"cancel with: scancel {' '.join(j.job_id for j in jobs)}")
-    return jobs
-
-
 # --- the command line ---------------------------------------------------------------------------------------------
 
 def _slurm_options(p) -> None:
     d = SlurmOptions()
     g = p.add_argument_group("SLURM resources (defaults: the guide's 1 node with 2×A100)")
     g.add_argument("--nodes", type=int, default=d.nodes, help="nodes; >1 trains across nodes (c10d rendezvous)")
-    g.add_argument("--gpus-per-node", type=int, default=d.gpus_per_node, help="GPUs per node; 0 makes a CPU job")
+    g.add_argument("--gpus-per-node", type=int, help=f"GPUs per node (default {d.gpus_per_node}; 1 per task with "
+                                                     f"--walkforward); 0 makes a CPU job")
     g.add_argument("--gpu-type", default=d.gpu_type, help="GRES GPU type, '' for any (default %(default)s)")
     g.add_argument("--partition", default=d.partition, help="partition (default %(default)s)")
     g.add_argument("--time", default=d.time, help="time limit D-HH:MM:SS (default %(default)s)")
@@ -524,7 +374,10 @@ def options_from_args(args) -> SlurmOptions:
         overrides.append("training.gradient_checkpointing=true")
     if args.compile:
         overrides.append("training.compile=true")
-    return SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_type=args.gpu_type,
+    gpus = args.gpus_per_node
+    if gpus is None:
+        gpus = 1 if getattr(args, "walkforward", False) else SlurmOptions.gpus_per_node
+    return SlurmOptions(nodes=args.nodes, gpus_per_node=gpus, gpu_type=args.gpu_type,
                         partition=args.partition, time=args.time, cpus_per_gpu=args.cpus_per_gpu,
                         mem_per_gpu=args.mem_per_gpu, cpus_per_task=args.cpus_per_task, mem=args.mem,
                         account=args.account, signal_seconds=args.signal_seconds, log_dir=args.log_dir,
@@ -533,7 +386,12 @@ def options_from_args(args) -> SlurmOptions:
 
 
 def cmd_slurm(args) -> int:
+    from . import cluster_walkforward as wf
+
     options = options_from_args(args)
+    if args.walkforward:
+        return wf.cmd_slurm_walkforward(args, options)
+    wf.refuse_without_walkforward(args)
     if args.output == "-":
         sys.stdout.write(job_script(args.config, options))
         return 0
@@ -544,6 +402,8 @@ def cmd_slurm(args) -> int:
 
 
 def cmd_launch(args) -> int:
+    from .cluster_launch import launch
+
     jobs = launch(args.configs, options_from_args(args), yes=args.yes)
     return 0 if jobs else 1
 
@@ -559,12 +419,16 @@ def add_commands(sub) -> None:
     """Register `slurm`, `launch` and `status` on the `marketgpt` parser."""
     p = sub.add_parser("slurm", help="write an sbatch script for a config (1 or more nodes, GPUs or CPU)",
                        description="Write an sbatch script that trains CONFIG with srun + torchrun (c10d rendezvous "
-                                   "on the first node), checkpoints and requeues itself before the time limit.")
+                                   "on the first node), checkpoints and requeues itself before the time limit; with "
+                                   "--walkforward, a job array with one task per fold and a stitch job after it.")
     p.add_argument("config", help="config JSON")
     p.add_argument("-o", "--output", help="script path (default <log-dir>/<case>.sh; '-' prints it)")
     p.add_argument("--job-name", help="job and log name (default: the config's name)")
     p.add_argument("--run-dir", help="train in this run directory (resumes it when it holds last.pt)")
     _slurm_options(p)
+    from .cluster_walkforward import add_options
+
+    add_options(p)
     p.set_defaults(func=cmd_slurm)
 
     p = sub.add_parser("launch", help="check configs and data, show the cluster, confirm, submit one job per config",
@@ -585,5 +449,4 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_status)
 
 
-__all__ = ["SlurmOptions", "Submitted", "add_commands", "check_data", "check_partition", "job_script", "launch",
-           "write_job_script"]
+__all__ = ["SlurmOptions", "add_commands", "job_script", "options_from_args", "write_job_script"]

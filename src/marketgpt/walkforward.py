@@ -22,8 +22,8 @@ Layout of a walk-forward directory:
 The out-of-sample table holds, per asset and as-of date of each test window, the one-step density's quantiles,
 mean and P(up) read off the close head (horizon 1, `source` "density": exact, no Monte Carlo), and for longer
 horizons the forecaster's sample-path rows (`source` "paths"). Folds run one after another and a killed
-walk-forward resumes at the unfinished fold (its training resumes from last.pt); `walkforward_slurm` runs them as
-a SLURM job array instead.
+walk-forward resumes at the unfinished fold (its training resumes from last.pt); `cluster_walkforward` runs them as
+a SLURM job array instead (`marketgpt slurm CONFIG --walkforward`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .errors import MarketGPTError
 MODES = ("expanding", "sliding")
 DEFAULT_EMBARGO = 5
 DEFAULT_HORIZONS = (5, 21)
+DEFAULT_HORIZON_TEXT = ",".join(map(str, DEFAULT_HORIZONS))
 PLAN = "walkforward.json"
 
 
@@ -259,8 +260,23 @@ def default_out(config, overrides=()) -> Path:
     return Path(cfg.training.checkpoint_dir) / f"{cfg.name}_walkforward"
 
 
-def cmd_walkforward(args) -> int:
+WF_OPTIONS = ("folds", "test_days", "val_days", "mode", "embargo", "horizons", "samples")
+
+
+def wf_kwargs(args) -> dict:
+    """make_plan's keyword arguments from parsed options (`walkforward`'s, or `slurm --walkforward`'s, where an
+    option not given is None)."""
     from .evaluate.multi_horizon import parse_horizons
+
+    text = DEFAULT_HORIZON_TEXT if args.horizons is None else args.horizons
+    given = {"folds": args.folds, "test_days": args.test_days, "val_days": args.val_days, "mode": args.mode,
+             "embargo": args.embargo, "samples": args.samples}
+    defaults = {"folds": 4, "mode": "expanding", "embargo": DEFAULT_EMBARGO, "samples": 64}
+    return {**{k: defaults.get(k) if v is None else v for k, v in given.items()},
+            "horizons": parse_horizons(text) if text not in ("", "1") else ()}
+
+
+def cmd_walkforward(args) -> int:
     from .wf_outputs import stitch
 
     if args.stitch:
@@ -270,33 +286,41 @@ def cmd_walkforward(args) -> int:
         return 0
     if not args.config:
         raise MarketGPTError("walkforward: give a CONFIG (or --stitch -o WF_DIR)")
-    horizons = parse_horizons(args.horizons) if args.horizons not in ("", "1") else ()
     out = args.output or default_out(args.config, args.set)
-    walkforward(args.config, out, args.folds, args.test_days, args.val_days, args.mode, args.embargo, horizons,
-                args.samples, args.set, only_fold=args.fold, device=args.device)
+    walkforward(args.config, out, **wf_kwargs(args), overrides=args.set, only_fold=args.fold, device=args.device)
     return 0
 
 
-def add_commands(sub) -> None:
+def walkforward_options(p, slurm: bool = False) -> None:
+    """The options that define a walk-forward, shared by `walkforward` and `slurm --walkforward` (where they have
+    no default, so that one given without --walkforward is seen)."""
     from .config import POSITIVE, RANGES, bounded
 
-    p = sub.add_parser("walkforward", help="train and test K folds in time (embargo, per-fold tokenizer), stitch "
-                                           "their out-of-sample forecasts and summarise skill per fold")
-    p.add_argument("config", nargs="?", help="config JSON (its data section is the universe and the period)")
-    p.add_argument("--folds", type=bounded(int, POSITIVE), default=4, help="number of folds K (default 4)")
+    def default(value):
+        return None if slurm else value
+
+    p.add_argument("--folds", type=bounded(int, POSITIVE), default=default(4), help="number of folds K (default 4)")
     p.add_argument("--test-days", type=bounded(int, POSITIVE),
                    help="dates of the universe's calendar per test window (default: the config's test share over K)")
     p.add_argument("--val-days", type=bounded(int, POSITIVE),
                    help="validation dates just before each cut (default: --test-days)")
-    p.add_argument("--mode", choices=MODES, default="expanding",
+    p.add_argument("--mode", choices=MODES, default=default("expanding"),
                    help="expanding: train from the first date; sliding: a training window of fold 0's length")
-    p.add_argument("--embargo", type=bounded(int, RANGES["data.embargo_days"]), default=DEFAULT_EMBARGO,
+    p.add_argument("--embargo", type=bounded(int, RANGES["data.embargo_days"]), default=default(DEFAULT_EMBARGO),
                    help=f"calendar days between the last training target and the validation window "
                         f"(default {DEFAULT_EMBARGO})")
-    p.add_argument("--horizons", default=",".join(map(str, DEFAULT_HORIZONS)),
+    p.add_argument("--horizons", default=default(DEFAULT_HORIZON_TEXT),
                    help="horizon days of the sample-path forecasts beside the one-step density, e.g. 5,21 "
                         "(1: the one-step density only)")
-    p.add_argument("--samples", type=bounded(int, POSITIVE), default=64, help="paths per forecast (default 64)")
+    p.add_argument("--samples", type=bounded(int, POSITIVE), default=default(64),
+                   help="paths per forecast (default 64)")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("walkforward", help="train and test K folds in time (embargo, per-fold tokenizer), stitch "
+                                           "their out-of-sample forecasts and summarise skill per fold")
+    p.add_argument("config", nargs="?", help="config JSON (its data section is the universe and the period)")
+    walkforward_options(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value for every fold (repeatable)")
     p.add_argument("--fold", type=int, help="run only this fold (a job array task); stitch later with --stitch")
