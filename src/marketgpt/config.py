@@ -49,6 +49,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     evaluate: bool = True          # evaluate the best model on the test split when training ends
+    calibrate: bool = True         # fit the close head's temperature on val first (calibration.py)
     # share of training windows shown as the "unknown asset" (trains zero-shot). 0.3 measured best of 0 / 0.1 / 0.3 on
     # ../shared/data minus 20 held-out series (4 epochs, 3 x 128, ctx 64): val loss of the known assets 4.7504 / 4.7497 /
     # 4.7503 (no cost), held-out token loss -- / 4.7306 / 4.7203 and close NLL skill vs GARCH-t -- / +0.0054 / +0.0073.

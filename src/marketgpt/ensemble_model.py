@@ -44,7 +44,7 @@ class Ensemble(nn.Module):
         loss = ce.mean() if mask is None else (ce * mask).sum() / mask.sum().clamp(min=1)
         return pooled, loss
 
-    def sample_paths(self, prompts, horizon, num_samples, seed=0, temperature=1.0, top_p=None, max_batch=None,
+    def sample_paths(self, prompts, horizon, num_samples, seed=0, temperature=None, top_p=None, max_batch=None,
                      use_cache=True, on_step=None):
         """generate.sample_paths with each path from one member: see the module docstring."""
         from .generate import sample_paths

@@ -247,14 +247,15 @@ class Forecaster:
         return self.model.unknown_asset, cat, False
 
     def predict(self, candles: pd.DataFrame, horizon: int = 21, num_samples: int = 512, seed: int = 0,
-                temperature: float = 1.0, as_of=None, top_p: float | None = None, max_batch: int | None = None,
+                temperature: float | None = None, as_of=None, top_p: float | None = None, max_batch: int | None = None,
                 categories: dict[str, str] | None = None, on_step=None) -> Forecast:
         """Forecast every symbol of a long candle frame (symbol, date, open, high, low, close[, volume]).
 
         Only candles dated <= as_of (default: each asset's last date) are used. `categories` (or a `category`
         column) names the category of symbols the run never saw. Assets that cannot be forecast are listed in
         Forecast.failed with the reason; the others are forecast. on_step(n): progress, n candles sampled (of
-        assets x num_samples x horizon)."""
+        assets x num_samples x horizon). temperature None: the run's model as evaluation scores it (its calibrated
+        close temperature, if any); a number replaces that temperature on every channel (generate.py)."""
         from .generate import Prompt, sample_paths
 
         horizon, num_samples, max_batch = _check_request(horizon, num_samples, max_batch, temperature, top_p, seed)
@@ -345,7 +346,8 @@ def _check_request(horizon, num_samples, max_batch, temperature, top_p, seed) ->
     num_samples = integer("samples", num_samples, 1, MAX_SAMPLES)
     max_batch = None if max_batch is None else integer("max batch", max_batch, 1, 2**24)
     integer("seed", seed, 0, 2**63 - 1)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                        and temperature >= 0):
         raise MarketGPTError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise MarketGPTError(f"top-p must be in (0, 1], got {top_p!r}")

@@ -133,8 +133,8 @@ def histories_for(run_dir, cfg, symbols, universe, provider, data_dir):
 
 def forecast_universe(run_dir, symbols: list[str] | None = None, universe: str | None = None,
                       provider: str | None = None, data_dir=None, as_of=None, horizon: int = 21,
-                      num_samples: int = 512, seed: int = 0, temperature: float = 1.0, top_p: float | None = None,
-                      max_batch: int | None = None, device=None, progress: bool = False):
+                      num_samples: int = 512, seed: int = 0, temperature: float | None = None,
+                      top_p: float | None = None, max_batch: int | None = None, device=None, progress: bool = False):
     """Forecast assets of a universe from their cached history (the CLI's work, without printing or files).
     Assets whose history does not load are in Forecast.failed with the reason."""
     from .forecast import Forecaster
@@ -211,7 +211,9 @@ def add_commands(sub) -> None:
                                         "fan charts and a forecast file")
     add_history_args(p)
     p.add_argument("--horizon", type=int, default=21, help="days ahead in the asset's own calendar (default 21)")
-    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (default 1: the model's density)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="divides every channel's logits as trained, in place of the run's calibrated close "
+                        "temperature (default: the model's density as evaluated, calibration.json if the run has one)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: off)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="paths per forward pass, bounds memory (default: as many as a 2 GiB KV cache holds)")

@@ -13,9 +13,10 @@ reference in the tests) runs the trunk over the very same window at every step, 
 **Sampling.** Channel k of the next candle is drawn from its head conditioned on the channels drawn before it (close
 first), by inverse CDF: token = #{v : cdf(v) <= u} for a uniform u. The uniforms of an asset's paths come from their
 own generator, seeded by (seed, the prompt's key), drawn as one (num_samples, horizon, channels) array: a path does not
-depend on max_batch, on the device, nor on which other assets are in the request. temperature divides the logits
-(0: argmax); top_p keeps the smallest set of tokens whose probability reaches top_p. The defaults (1.0, None) sample
-the model's density as it is.
+depend on max_batch, on the device, nor on which other assets are in the request. The default (temperature None,
+top_p None) samples the model's density as evaluation scores it: with the run's calibrated close temperature, if it
+has one (calibration.py). A number t replaces it: every channel's logits as trained, divided by t (0: argmax);
+top_p keeps the smallest set of tokens whose probability reaches top_p.
 """
 
 from __future__ import annotations
@@ -75,18 +76,20 @@ def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: floa
     return token.clamp_(max=logits.shape[-1] - 1)
 
 
-def _sample_candle(model: MarketGPT, h: torch.Tensor, u: torch.Tensor, temperature: float,
+def _sample_candle(model: MarketGPT, h: torch.Tensor, u: torch.Tensor, temperature: float | None,
                    top_p: float | None) -> torch.Tensor:
     """The next candle (B, C) after last hidden states h (B, D), channel by channel, uniforms u (B, C)."""
     out = torch.empty(h.shape[0], 0, dtype=torch.long, device=h.device)
     for k in range(model.num_channels):
-        token = _draw(model.next_channel_logits(h, out).float(), u[:, k], temperature, top_p)
+        # default: the model's logits (the close divided by its close_temperature); an explicit t replaces that
+        logits = model.next_channel_logits(h, out, calibrated=temperature is None).float()
+        token = _draw(logits, u[:, k], 1.0 if temperature is None else temperature, top_p)
         out = torch.cat([out, token[:, None]], dim=1)
     return out
 
 
 def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, int, int]], first: int, keep: int,
-                 horizon: int, uniforms: dict[int, np.ndarray], temperature: float, top_p: float | None,
+                 horizon: int, uniforms: dict[int, np.ndarray], temperature: float | None, top_p: float | None,
                  use_cache: bool, on_step: Callable[[int], None] | None) -> np.ndarray:
     """Sample the rows (prompt index, first path, last path) of one chunk, all with prompts of length `first`."""
     device = model.tok_emb.weight.device
@@ -133,8 +136,8 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
 
 @torch.inference_mode()
 def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samples: int, seed: int = 0,
-                 temperature: float = 1.0, top_p: float | None = None, max_batch: int | None = None, use_cache: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> list[np.ndarray]:
+                 temperature: float | None = None, top_p: float | None = None, max_batch: int | None = None,
+                 use_cache: bool = True, on_step: Callable[[int], None] | None = None) -> list[np.ndarray]:
     """Token paths (num_samples, horizon, C) int64 for each prompt, in eval mode (the previous mode is restored).
 
     All paths of all prompts go through the model together, max_batch paths at a time (default: as many as fit a

@@ -160,6 +160,9 @@ class MarketGPT(nn.Module):
         self.ln_head = nn.LayerNorm(D)
         self.head = nn.Parameter(torch.empty(C, D, V))   # channel k's output projection is head[k]
         self.gradient_checkpointing = False
+        # divides the close channel's logits: a run's fitted calibration (calibration.py, set by run.load_run);
+        # 1 in training and for runs without one. Not a weight: the checkpoint does not hold it.
+        self.close_temperature = 1.0
         self.apply(self._init_weights)
         nn.init.normal_(self.head, mean=0.0, std=0.02)
         for block in self.blocks:   # GPT-2: scale the projections into the residual stream by 1/sqrt(2L)
@@ -219,16 +222,21 @@ class MarketGPT(nn.Module):
             e = self.cond_emb(targets[..., :n - 1] + self.offsets[:n - 1])       # (B, T, n-1, D)
             z = z + F.pad(e.cumsum(2), (0, 0, 1, 0))                             # exclusive cumsum: (B, T, n, D)
         z = self.ln_head(z)
-        return torch.einsum("btcd,cdv->btcv", z, self.head[:n])
+        logits = torch.einsum("btcd,cdv->btcv", z, self.head[:n])
+        if self.close_temperature != 1.0:
+            logits[:, :, 0] /= self.close_temperature
+        return logits
 
-    def next_channel_logits(self, h: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    def next_channel_logits(self, h: torch.Tensor, previous: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
         """Logits (B, V) of channel k = previous.shape[1] of the next candle, from the last hidden states h (B, D)
-        and that candle's channels 0..k-1 (B, k): the generation step of channel_logits, one channel at a time."""
+        and that candle's channels 0..k-1 (B, k): the generation step of channel_logits, one channel at a time.
+        calibrated=False: the close logits as trained, without close_temperature."""
         k = previous.shape[1]
         z = h
         if k:
             z = z + self.cond_emb(previous + self.offsets[:k]).sum(1)
-        return self.ln_head(z) @ self.head[k]
+        logits = self.ln_head(z) @ self.head[k]
+        return logits / self.close_temperature if calibrated and k == 0 and self.close_temperature != 1.0 else logits
 
     def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
                 targets: torch.Tensor | None = None, mask: torch.Tensor | None = None

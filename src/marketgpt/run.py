@@ -56,9 +56,11 @@ def has_unknown_rows(state_dict: dict, num_assets: int) -> bool:
 
 def load_run(run_dir, device=None):
     """(config, tokenizer, token store, model in eval mode on `device`, best checkpoint's epoch). For an ensemble
-    directory the model is an ensemble.Ensemble of its members (epoch None): the one place that tells them apart."""
+    directory the model is an ensemble.Ensemble of its members (epoch None): the one place that tells them apart.
+    The model carries the run's close temperature from calibration.json (calibration.py), if it has one."""
     import torch
 
+    from .calibration import read_temperature
     from .checkpoint import load_checkpoint
     from .dataset import TokenStore
     from .model import MarketGPT
@@ -89,4 +91,5 @@ def load_run(run_dir, device=None):
         raise MarketGPTError(f"{run_dir / 'best_model.pt'}: weights do not fit the run's config.json model section "
                              f"({detail[:400]})") from None
     model.to(device).eval()
+    model.close_temperature = read_temperature(run_dir)     # 1.0 for a run without calibration.json
     return cfg, tokenizer, store, model, ckpt.get("epoch")

@@ -437,7 +437,10 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
         shutdown(d)
     if code:
         raise SystemExit(code)
-    # Evaluation runs in one process, after every rank has left the process group together.
+    # Calibration (on val) and evaluation run in one process, after every rank has left the process group together.
+    if d.is_main and cfg.training.calibrate:
+        from .calibration import calibrate_run
+        calibrate_run(run_dir, log=say)
     if d.is_main and cfg.training.evaluate:
         from .evaluate import evaluate_run, headline
 

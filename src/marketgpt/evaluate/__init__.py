@@ -46,12 +46,14 @@ __all__ = ["BASELINES", "CALIBRATION_COLUMNS", "CHANNEL_COLUMNS", "COMPARE_COLUM
 def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_size: int | None = None,
                  plots: bool = True, horizons=None, every: int = DEFAULT_EVERY, horizon_samples: int = DEFAULT_SAMPLES,
                  seed: int = 0, universe: str | None = None, provider: str | None = None, data_dir=None,
-                 start=None, end=None, out_dir=None) -> dict:
+                 start=None, end=None, out_dir=None, calibrate: bool = False) -> dict:
     """Score a run's best model on its test (or val) split; write `<split>_results.json`, the plots and the report
     (`report.md`; `val_report.md` for val) into the run directory, and return the results dict.
 
     horizons (e.g. (1, 5, 21)): also forecast from origins every `every` days of the period, `horizon_samples`
     paths each, scored against a random walk, GARCH-t and a bootstrap (the results' `horizons` block).
+    calibrate: first fit the close temperature on the run's val split (calibration.py); without it the run's
+    calibration.json is used if it has one.
     universe (with provider, data_dir, start, end): score another universe or period instead (sources.py); the
     files go to out_dir (default RUN_DIR/eval_<universe name>)."""
     import numpy as np
@@ -69,6 +71,10 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
         check_options(every, horizon_samples)
     run_dir = check_run_dir(run_dir)
     started = time.time()
+    if calibrate:
+        from ..calibration import calibrate_run
+
+        calibrate_run(run_dir, device, log)
     cfg, tokenizer, store, model, epoch = load_run(run_dir, device)
     forecaster = Forecaster(run_dir, cfg, tokenizer, store, model)
     scorer, source = model, None
@@ -100,6 +106,8 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "device": str(next(model.parameters()).device), "torch": torch.__version__,
             "weights": "best_model.pt (the epoch with the lowest val loss)",
+            "close_temperature": [m.close_temperature for m in model.members] if hasattr(model, "members")
+            else model.close_temperature,
             "close_bins": {"vocab_size": cfg.model.vocab_size,
                            "tail_scale": [float(s) for s in close_density(tokenizer).tail_scale]},
             "data": source.description if source else {"data": "the run's own", "split": split},
@@ -176,7 +184,7 @@ def cmd_evaluate(args) -> int:
     results = evaluate_run(args.run_dir, args.split, horizons=parse_horizons(args.horizons) if args.horizons else None,
                            every=args.every, horizon_samples=args.samples, seed=args.seed, universe=args.universe,
                            provider=args.provider, data_dir=args.data_dir, start=args.start, end=args.end,
-                           out_dir=args.out)
+                           out_dir=args.out, calibrate=args.calibrate)
     print(headline(results))
     return 0
 
@@ -206,6 +214,9 @@ def add_commands(sub) -> None:
                                     "earlier candles are context and baseline history")
     ev.add_argument("--end", help="with --universe: last date scored")
     ev.add_argument("--out", help="with --universe: output folder (default RUN_DIR/eval_<universe name>)")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="first fit the close head's temperature on the val split and write RUN_DIR/calibration.json "
+                         "(training does this at its end; for runs trained before it)")
     ev.set_defaults(func=cmd_evaluate)
     cmp = sub.add_parser("compare", help="one table of several runs' results (evaluating runs that have none)")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")

@@ -37,13 +37,10 @@ def check_split(split: str) -> str:
     return split
 
 
-def score_model(model, store, windows, context_length: int, density: CloseDensity, returns, batch_size: int = 32,
-                device=None, levels=()) -> dict:
-    """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows
-    and score every target once. Per scored target (arrays in row order): row, nll (n, C) and hit (n, C) per
-    channel (token level), and for the close return y: nll, crps, pit = F(y), p_up = P(y > 0). With quantile
-    `levels`, also the density's forecast itself: quantiles (n, L), mean (E[y]) and gross (E[exp y])."""
-    import numpy as np
+def model_batches(model, store, windows, context_length: int, batch_size: int = 32, device=None):
+    """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows,
+    batch_size at a time, under inference mode: yields (windows, mask (B, T), logits (n, C, V) float32, targets (n, C))
+    of each batch's scored targets, each target once."""
     import torch
 
     from ..dataset import gather
@@ -53,9 +50,6 @@ def score_model(model, store, windows, context_length: int, density: CloseDensit
         device = params.device if params is not None else torch.device("cpu")
     device = torch.device(device)
     categories = torch.as_tensor(store.category_ids)
-    offsets = np.arange(1, context_length + 1)
-    names = ("row", "nll", "hit", "ret_nll", "ret_crps", "pit", "p_up") + (("quantiles", "mean", "gross") if levels else ())
-    parts: dict[str, list] = {k: [] for k in names}
     with torch.inference_mode():
         for i in range(0, len(windows), batch_size):
             w = windows[i:i + batch_size]
@@ -64,8 +58,23 @@ def score_model(model, store, windows, context_length: int, density: CloseDensit
             xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             logits, _ = model(xt, asset_t.to(device), categories[asset_t].to(device), yt)
             m = torch.from_numpy(mask).to(device)
-            lg = logits[m].float()                                              # (n, C, V)
-            tg = yt[m]                                                          # (n, C)
+            yield w, mask, logits[m].float(), yt[m]
+
+
+def score_model(model, store, windows, context_length: int, density: CloseDensity, returns, batch_size: int = 32,
+                device=None, levels=()) -> dict:
+    """Run `model` (see model_batches) over the windows and score every target once. Per scored target (arrays in
+    row order): row, nll (n, C) and hit (n, C) per channel (token level), and for the close return y: nll, crps,
+    pit = F(y), p_up = P(y > 0). With quantile `levels`, also the density's forecast itself: quantiles (n, L), mean
+    (E[y]) and gross (E[exp y])."""
+    import numpy as np
+    import torch
+
+    offsets = np.arange(1, context_length + 1)
+    names = ("row", "nll", "hit", "ret_nll", "ret_crps", "pit", "p_up") + (("quantiles", "mean", "gross") if levels else ())
+    parts: dict[str, list] = {k: [] for k in names}
+    with torch.inference_mode():
+        for w, mask, lg, tg in model_batches(model, store, windows, context_length, batch_size, device):
             logp = torch.log_softmax(lg, dim=-1)
             parts["nll"].append((-logp.gather(-1, tg.unsqueeze(-1)).squeeze(-1)).double().cpu().numpy())
             parts["hit"].append((lg.argmax(-1) == tg).cpu().numpy())
