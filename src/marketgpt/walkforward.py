@@ -128,7 +128,7 @@ def fold_universe(universe, candles, fold: Fold):
 
 def make_plan(config, out, folds: int, test_days: int | None = None, val_days: int | None = None,
               mode: str = "expanding", embargo: int = DEFAULT_EMBARGO, horizons=DEFAULT_HORIZONS,
-              samples: int = 64, overrides=(), log=print) -> Path:
+              samples: int = 64, overrides=(), log=print, warm_start: bool = False, seeds: int = 1) -> Path:
     """Write WF_DIR/walkforward.json and WF_DIR/config.json (or check that an existing plan is the same one, so that
     the same command resumes it). test_days defaults to the config's test share of the calendar over the folds,
     val_days to test_days."""
@@ -155,11 +155,15 @@ def make_plan(config, out, folds: int, test_days: int | None = None, val_days: i
     settings = {"config": str(Path(config).resolve()), "overrides": list(overrides), "folds": folds,
                 "test_days": test_days, "val_days": val_days, "mode": mode, "embargo_days": embargo,
                 "horizons": list(horizons), "samples": samples}
+    if seeds < 1:
+        raise MarketGPTError(f"walk-forward: --seeds must be at least 1, got {seeds}")
+    settings |= ({"warm_start": True} if warm_start else {}) | ({"seeds": int(seeds)} if seeds > 1 else {})
     path = out / PLAN
     if path.exists():
         old = read_json(path, "walk-forward plan")
         if old.get("settings") != settings:
-            changed = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+            before = old.get("settings", {})
+            changed = sorted(k for k in {*settings, *before} if before.get(k) != settings.get(k))
             raise MarketGPTError(f"{path}: holds another walk-forward ({', '.join(changed)} differ); give another -o")
         return out
     write_json(cfg.to_dict(), out / "config.json")
@@ -194,7 +198,7 @@ def run_fold(out, index: int, log=print, device=None) -> Path:
     is. Returns the fold's run directory."""
     from .dataset import load_data_candles
     from .evaluate import evaluate_run
-    from .train import train
+    from .wf_fold import train_fold
     from .wf_outputs import fold_tables
 
     out = Path(out)
@@ -216,28 +220,24 @@ def run_fold(out, index: int, log=print, device=None) -> Path:
         tmp.replace(universe_csv)
     log(f"{fold.name}: train {fold.train_start or 'start'}..{fold.train_end}, val ..{fold.val_end}, "
         f"test {fold.test_start}..{fold.test_end}")
-    if not _trained(fold_dir):
-        train(cfg, run_dir=fold_dir, log=log)
-    evaluate_run(fold_dir, log=log, device=device)
-    fold_tables(fold_dir, settings["horizons"], settings["samples"], log=log, device=device)
-    results = read_json(fold_dir / "test_results.json", "fold test results")
-    set_fold_status(fold_dir, "done", test_loss=results.get("test_loss"))
+    model_dir, record = train_fold(out, [f.name for f in folds], index, cfg, settings, log)
+    evaluate_run(model_dir, log=log, device=device)
+    fold_tables(model_dir, settings["horizons"], settings["samples"], log=log, device=device, out_dir=fold_dir)
+    results = read_json(model_dir / "test_results.json", "fold test results")
+    set_fold_status(fold_dir, "done", test_loss=results.get("test_loss"), **record)
     return fold_dir
-
-
-def _trained(fold_dir: Path) -> bool:
-    path = fold_dir / "training_log.json"
-    return path.exists() and bool(read_json(path, "training log").get("finished"))
 
 
 def walkforward(config, out, folds: int = 4, test_days: int | None = None, val_days: int | None = None,
                 mode: str = "expanding", embargo: int = DEFAULT_EMBARGO, horizons=DEFAULT_HORIZONS,
-                samples: int = 64, overrides=(), only_fold: int | None = None, log=print, device=None) -> Path:
+                samples: int = 64, overrides=(), only_fold: int | None = None, log=print, device=None,
+                warm_start: bool = False, seeds: int = 1) -> Path:
     """Plan (or resume) a walk-forward, run its folds one after another (or only `only_fold`), then stitch the
     out-of-sample tables and write the summary. Returns the walk-forward directory."""
     from .wf_outputs import stitch
 
-    out = make_plan(config, out, folds, test_days, val_days, mode, embargo, horizons, samples, overrides, log)
+    out = make_plan(config, out, folds, test_days, val_days, mode, embargo, horizons, samples, overrides, log,
+                    warm_start, seeds)
     _, plan_folds_, _ = read_plan(out)
     for fold in plan_folds_ if only_fold is None else [plan_folds_[_check_index(only_fold, len(plan_folds_))]]:
         run_fold(out, fold.index, log, device)
@@ -260,7 +260,7 @@ def default_out(config, overrides=()) -> Path:
     return Path(cfg.training.checkpoint_dir) / f"{cfg.name}_walkforward"
 
 
-WF_OPTIONS = ("folds", "test_days", "val_days", "mode", "embargo", "horizons", "samples")
+WF_OPTIONS = ("folds", "test_days", "val_days", "mode", "embargo", "horizons", "samples", "warm_start", "seeds")
 
 
 def wf_kwargs(args) -> dict:
@@ -270,8 +270,9 @@ def wf_kwargs(args) -> dict:
 
     text = DEFAULT_HORIZON_TEXT if args.horizons is None else args.horizons
     given = {"folds": args.folds, "test_days": args.test_days, "val_days": args.val_days, "mode": args.mode,
-             "embargo": args.embargo, "samples": args.samples}
-    defaults = {"folds": 4, "mode": "expanding", "embargo": DEFAULT_EMBARGO, "samples": 64}
+             "embargo": args.embargo, "samples": args.samples, "warm_start": args.warm_start, "seeds": args.seeds}
+    defaults = {"folds": 4, "mode": "expanding", "embargo": DEFAULT_EMBARGO, "samples": 64, "warm_start": False,
+                "seeds": 1}
     return {**{k: defaults.get(k) if v is None else v for k, v in given.items()},
             "horizons": parse_horizons(text) if text not in ("", "1") else ()}
 
@@ -314,6 +315,10 @@ def walkforward_options(p, slurm: bool = False) -> None:
                         "(1: the one-step density only)")
     p.add_argument("--samples", type=bounded(int, POSITIVE), default=default(64),
                    help="paths per forecast (default 64)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="fold f starts from fold f-1's best weights (its own tokenizer still fitted on its own past)")
+    p.add_argument("--seeds", type=bounded(int, POSITIVE), default=default(1),
+                   help="train S seeds per fold and score their ensemble (linear pool) as the fold (default 1)")
 
 
 def add_commands(sub) -> None:

@@ -57,8 +57,9 @@ def one_step_tables(run_dir, device=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     return forecast, scores
 
 
-def fold_tables(run_dir, horizons, samples: int, log=print, device=None) -> None:
-    """RUN_DIR/oos.parquet (one-step density rows + sample-path rows of the longer horizons) and scores.parquet."""
+def fold_tables(run_dir, horizons, samples: int, log=print, device=None, out_dir=None) -> None:
+    """OUT_DIR/oos.parquet (one-step density rows + sample-path rows of the longer horizons) and scores.parquet of
+    the run (or ensemble) in run_dir; OUT_DIR defaults to run_dir."""
     from .backtest.data import oos_forecasts
     from .forecast import write_table
 
@@ -69,10 +70,11 @@ def fold_tables(run_dir, horizons, samples: int, log=print, device=None) -> None
     if longer:
         paths = oos_forecasts(run_dir, longer, samples, every=1, split="test", device=device, log=log)
         parts.append(paths.assign(source="paths"))
-    write_table(pd.concat(parts, ignore_index=True), run_dir / "oos.parquet")
-    write_table(scores, run_dir / "scores.parquet")
+    out_dir = Path(out_dir or run_dir)
+    write_table(pd.concat(parts, ignore_index=True), out_dir / "oos.parquet")
+    write_table(scores, out_dir / "scores.parquet")
     log(f"{run_dir.name}: {len(forecast)} one-step forecasts" + (f" and {len(parts[1])} rows of horizons {longer}"
-                                                                 if longer else "") + f" in {run_dir / 'oos.parquet'}")
+                                                                 if longer else "") + f" in {out_dir / 'oos.parquet'}")
 
 
 # --- stitching and the summary --------------------------------------------------------------------------------
@@ -98,6 +100,7 @@ def stitch(out, log=print) -> dict:
     from .checkpoint import write_json
     from .evaluate.scoring import json_safe
     from .forecast import write_table
+    from .config import read_json
     from .walkforward import PLAN, fold_status, read_plan
 
     out = Path(out)
@@ -116,6 +119,9 @@ def stitch(out, log=print) -> dict:
     table = pd.DataFrame(rows)
     summary = {"folds": rows, "missing_folds": missing, "oos_rows": int(len(oos))}
     plan["status"] = {f.name: fold_status(out / f.name) for f in folds}
+    if plan["settings"].get("warm_start"):
+        plan["warm_start_from"] = {f.name: read_json(out / f.name / "fold.json", "fold status").get("warm_start_from")
+                                   for f in done}
     plan["summary"] = json_safe(summary)
     write_json(plan, out / PLAN)
     plot = plot_skill(table, out / "skill_by_fold.png")
