@@ -40,7 +40,7 @@ def test_run_directory_holds_every_artefact(tmp_path):
     assert re.fullmatch(r"tiny_\d{8}_\d{6}", run.name)
     names = {p.name for p in run.iterdir()}
     assert {"best_model.pt", "checkpoint_epoch_4.pt", "last.pt", "config.json", "tokenizer.json", "asset_info.json",
-            "training_log.json", "data_info.json", "tokens"} <= names
+            "training_log.json", "data_info.json", "tokens", "calibration.json"} <= names
     assert "checkpoint_epoch_2.pt" not in names          # keep_checkpoints=1
     assert not [n for n in names if ".tmp" in n]
     log = json.loads((run / "training_log.json").read_text())
