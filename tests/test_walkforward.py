@@ -112,6 +112,9 @@ def test_oos_table_is_out_of_sample_per_fold(wf):
         assert mine.as_of.max() <= pd.Timestamp(fold["test_end"])
         cfg = json.loads((out / fold["name"] / "config.json").read_text())
         assert cfg["data"]["end"] == fold["test_end"] and cfg["data"]["embargo_days"] == 5
+        results = json.loads((out / fold["name"] / "test_results.json").read_text())
+        assert set(results["horizons"]) == {"1", "5"}                # each fold's multi-horizon evaluation
+        assert results["horizons_info"]["samples"] == 8
     assert not oos.duplicated(["symbol", "as_of", "horizon"]).any()
 
 

@@ -221,7 +221,9 @@ def run_fold(out, index: int, log=print, device=None) -> Path:
     log(f"{fold.name}: train {fold.train_start or 'start'}..{fold.train_end}, val ..{fold.val_end}, "
         f"test {fold.test_start}..{fold.test_end}")
     model_dir, record = train_fold(out, [f.name for f in folds], index, cfg, settings, log)
-    evaluate_run(model_dir, log=log, device=device)
+    horizons = tuple(settings["horizons"])   # the multi-horizon evaluation beside the one-step one, when asked for
+    evaluate_run(model_dir, log=log, device=device, horizons=(1, *horizons) if horizons else None,
+                 horizon_samples=settings["samples"])
     fold_tables(model_dir, settings["horizons"], settings["samples"], log=log, device=device, out_dir=fold_dir)
     results = read_json(model_dir / "test_results.json", "fold test results")
     set_fold_status(fold_dir, "done", test_loss=results.get("test_loss"), **record)
