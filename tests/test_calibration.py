@@ -178,3 +178,6 @@ def test_a_corrupt_calibration_file_is_a_one_line_error_naming_it(run, tmp_path,
         err = result.stderr.strip()
         assert result.returncode == 2 and len(err.splitlines()) == 1
         assert err.startswith("marketgpt: error: ") and str(bad / CALIBRATION_FILE) in err
+    # the refit the message offers replaces the bad file
+    assert calibrate_run(bad, "cpu", **QUIET)["close_temperature"] == pytest.approx(temperature(run), rel=1e-6)
+    assert load_run(bad, "cpu")[3].close_temperature == temperature(bad)

@@ -91,8 +91,7 @@ def calibrate_run(run_dir, device=None, log=print) -> dict:
         raise MarketGPTError(f"{run_dir}: is an ensemble; calibrate its member runs (`marketgpt evaluate MEMBER "
                              f"--calibrate`): the ensemble pools the calibrated members")
     started = time.time()
-    cfg, _, store, model, epoch = load_run(run_dir, device)
-    model.close_temperature = 1.0
+    cfg, _, store, model, epoch = load_run(run_dir, device, calibrated=False)   # an old or corrupt file: replaced
     T = cfg.model.context_length
     logits, targets = close_logits(model, store, make_windows(store, "val", T), T, cfg.training.batch_size)
     fit = fit_temperature(logits, targets)

@@ -54,10 +54,11 @@ def has_unknown_rows(state_dict: dict, num_assets: int) -> bool:
     return weight is not None and weight.shape[0] == num_assets + 1
 
 
-def load_run(run_dir, device=None):
+def load_run(run_dir, device=None, calibrated: bool = True):
     """(config, tokenizer, token store, model in eval mode on `device`, best checkpoint's epoch). For an ensemble
     directory the model is an ensemble.Ensemble of its members (epoch None): the one place that tells them apart.
-    The model carries the run's close temperature from calibration.json (calibration.py), if it has one."""
+    The model carries the run's close temperature from calibration.json (calibration.py), if it has one and
+    `calibrated`; calibrated=False: the model as trained (what a calibration is fitted to), the file not read."""
     import torch
 
     from .calibration import read_temperature
@@ -91,5 +92,5 @@ def load_run(run_dir, device=None):
         raise MarketGPTError(f"{run_dir / 'best_model.pt'}: weights do not fit the run's config.json model section "
                              f"({detail[:400]})") from None
     model.to(device).eval()
-    model.close_temperature = read_temperature(run_dir)     # 1.0 for a run without calibration.json
+    model.close_temperature = read_temperature(run_dir) if calibrated else 1.0   # 1.0 without calibration.json
     return cfg, tokenizer, store, model, ckpt.get("epoch")
