@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/skill.py
 	$(BIN)/python bench/report.py
 
 clean:

@@ -124,9 +124,33 @@ def rows_backtest(r: dict) -> list[list[str]]:
              f"{g['ratio']:.0f}x", ""]]
 
 
-FORMATTERS = {"train_throughput": rows_train_throughput, "generate": rows_generate, "backtest": rows_backtest, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
+def rows_skill(r: dict) -> list[list[str]]:
+    def text(v):
+        o, g = v["overall"], v["overall"]["vs_garch_t"]
+        share = v["share_beating_garch_t_min_days"]
+        return (f"NLL skill vs GARCH-t {g['nll_skill']:+.4f} (DM p {g['dm_p']:.2g}), vs RW "
+                f"{o['vs_random_walk']['nll_skill']:+.4f}; CRPS skill vs GARCH-t {g['crps_skill']:+.4f}; beats GARCH-t on "
+                f"{'n/a' if share is None else f'{share:.0%}'} of {v['assets_min_days_with_garch_t']} assets >= 100 "
+                f"test days; cover 80/50 {o['coverage_80']:.3f}/{o['coverage_50']:.3f}")
+
+    cal, prev = r["variants"]["calibrated"], r["variants"]["previous_default"]
+    d = cal["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
+    budget = f"{r['epochs']} epochs" + (f" x {r['max_steps_per_epoch']} steps" if r["max_steps_per_epoch"] else "")
+    rows = [[f"close-return density on test, calibrated close head (T = {cal['close_temperature']:.3f} fitted on val) "
+             f"({r['data']}; {budget}{', --quick' if r['quick'] else ''}; {r['seconds']['total'] / 60:.1f} min)",
+             text(cal), f"previous default (T = 1): {text(prev)}", f"NLL {d:+.4f} nats/day",
+             f"{r['summary']['target']}: {met(r['summary']['met'])}"]]
+    cat = r["variants"].get("per_category_temperature")
+    if cat:
+        d = cat["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
+        rows.append(["the same model with a close temperature per category, each fitted on its val days (measured, "
+                     "not a default)", text(cat), "previous default (row above)", f"NLL {d:+.4f} nats/day", ""])
+    return rows
+
+
+FORMATTERS = {"skill": rows_skill, "train_throughput": rows_train_throughput, "generate": rows_generate, "backtest": rows_backtest, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
               "tokenizer": rows_tokenizer, "data_load": rows_data_load}
-ORDER = ["train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load"]
+ORDER = ["skill", "train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load"]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
