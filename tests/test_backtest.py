@@ -79,6 +79,27 @@ def test_engine_equals_a_plain_loop_with_costs(fill, gaps):
         assert np.all(result.book[45:, 3] == 0)
 
 
+def test_mixed_calendars_keep_the_gross_exposure_at_one():
+    """Four weekday assets (no bars on weekends) and two 7-day ones, always long with 5- and 7-bar tranches: a
+    weekend row must not hand the two coins the whole book."""
+    dates = pd.date_range("2021-01-04", periods=70, freq="D")
+    weekend = (dates.day_of_week >= 5)[:, None]
+    close, open_ = prices(len(dates), 6, 3)
+    close[:, :4] = np.where(weekend, np.nan, close[:, :4])
+    open_[:, :4] = np.where(weekend, np.nan, open_[:, :4])
+    signal = np.where(np.isfinite(close), 1.0, np.nan)
+    weights = engine.equal_weights(signal)
+    assert np.allclose(weights[~weekend[:, 0]].sum(axis=1), 1.0)           # weekdays: everyone, 1/6 each
+    assert np.allclose(weights[weekend[:, 0]].sum(axis=1), 2 / 6)           # weekends: the coins keep 1/6 each
+    result = engine.run(weights, close, open_, np.array([5, 5, 5, 5, 7, 7]), cost=0.0007)
+    assert result.exposure.max() <= 1 + 1e-12 and result.exposure[14:-3].min() > 0.99    # the stocks end on a Friday
+    gone = signal.copy()
+    gone[40:, 4:] = np.nan                                                  # the coins' last bar is row 39
+    stale = engine.equal_weights(gone)
+    assert np.allclose(stale[50, 4:], 0)                                    # coins gone from day 40 leave the count
+    assert np.allclose(stale[50, :4], 0.25) and np.allclose(stale[42, :4], 1 / 6)
+
+
 def test_tranches_hold_a_signal_h_bars_one_part_per_day():
     T = 12
     close = np.full((T, 1), 100.0)

@@ -240,13 +240,32 @@ def trade_pnl(valid, new, old, pnl_old, pnl_new) -> np.ndarray:
     return totals[held[start]]
 
 
+#: rows an asset's last signal still counts in the book's denominator while it has no bar: a weekend plus a holiday
+CARRY_ROWS = 4
+
+
+def _carried(x: np.ndarray, limit: int = CARRY_ROWS) -> np.ndarray:
+    """x with each NaN replaced by the column's last finite value at most `limit` rows back (else 0)."""
+    rows = np.arange(len(x))[:, None]
+    last = np.maximum.accumulate(np.where(np.isfinite(x), rows, -1), axis=0)
+    taken = np.take_along_axis(x, np.maximum(last, 0), axis=0)
+    return np.where((last >= 0) & (rows - last <= limit), np.nan_to_num(taken), 0.0)
+
+
 def equal_weights(signal: np.ndarray, strength: np.ndarray | None = None) -> np.ndarray:
-    """Tranche weights of a signal panel (T, A) in {-1, 0, 1}: each row's book shared equally by the assets with
-    a signal, or in proportion to `strength` (e.g. confidence - 0.5: probability weighting). Sum |w| = 1 on a row
-    with any signal, 0 on a row without."""
-    s = np.nan_to_num(np.asarray(signal, dtype=np.float64))
-    size = np.abs(s) if strength is None else np.abs(s) * np.nan_to_num(strength)
-    total = size.sum(axis=1, keepdims=True)
+    """Tranche weights of a signal panel (T, A) in {-1, 0, 1}, NaN where an asset has no bar: each row's book
+    shared equally by the assets with a signal, or in proportion to `strength` (e.g. confidence - 0.5:
+    probability weighting).
+
+    The share is taken over the assets whose latest signal is not FLAT, counting for up to CARRY_ROWS rows an
+    asset that has no bar on the row. On a panel that mixes weekday and 7-day calendars, a weekend row then gives
+    its crypto assets their usual share, not the whole book: sharing only among the assets with a bar on the row
+    held always-long at a gross exposure of 1.27 on 48 stocks and 10 coins. Sum |w| = 1 on a row where every
+    asset in the count has a bar."""
+    s = np.asarray(signal, dtype=np.float64)
+    size = np.abs(s) if strength is None else np.abs(s) * np.where(np.isfinite(s), np.nan_to_num(strength), np.nan)
+    total = _carried(size).sum(axis=1, keepdims=True)
+    s, size = np.nan_to_num(s), np.nan_to_num(size)
     return np.divide(np.sign(s) * size, total, out=np.zeros_like(s), where=total > 0)
 
 
