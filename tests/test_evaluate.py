@@ -346,6 +346,7 @@ def test_val_evaluation_matches_the_training_log(run):
     assert len(table) == 2 and table["name"].tolist() == ["sample", "sample"]
     assert table["loss"].iloc[0] == json.loads((run_dir / "test_results.json").read_text())["test_loss"]
     assert "NLL skill vs GARCH-t" in E.format_compare(table)
+    assert f"{table['accuracy'].iloc[0]:.1%}" in E.format_compare(table)     # a percentage, as training prints it
 
 
 def test_errors_are_one_line(run, tmp_path, capsys):

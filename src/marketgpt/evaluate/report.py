@@ -183,7 +183,7 @@ def write_report(results: dict, run_dir, name: str = "report.md", sections: list
 
 COMPARE_COLUMNS = [
     ("name", ("name",), "s"), ("params", ("parameters",), ","), ("vocab", ("close_bins", "vocab_size"), "d"),
-    ("loss", ("{split}_loss",), ".4f"), ("accuracy", ("{split}_accuracy",), ".4f"),
+    ("loss", ("{split}_loss",), ".4f"), ("accuracy", ("{split}_accuracy",), ".1%"),
     ("unigram loss", ("unigram_loss",), ".4f"),
     ("NLL skill vs RW", ("headline", "nll_skill_vs_random_walk"), "+.4f"),
     ("NLL skill vs GARCH-t", ("headline", "nll_skill_vs_garch_t"), "+.4f"),
