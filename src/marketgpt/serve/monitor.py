@@ -148,7 +148,7 @@ def assess(rows) -> dict:
                                                                  ", ".join(names[k] for k in failing))
         if status == "OK":
             status, tripped = "WARN", _calibration_trip(unique_days, days, inside50, inside90, pit)
-            reason = text
+            reason = f"{text}, since {_day(tripped)}"
         else:
             reason += "; " + text
     if status == "OK":
