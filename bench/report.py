@@ -150,7 +150,7 @@ def rows_skill(r: dict) -> list[list[str]]:
 
 FORMATTERS = {"skill": rows_skill, "train_throughput": rows_train_throughput, "generate": rows_generate, "backtest": rows_backtest, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
               "tokenizer": rows_tokenizer, "data_load": rows_data_load}
-ORDER = ["skill", "train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load"]
+ORDER = ["train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load", "skill"]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
