@@ -157,7 +157,7 @@ def test_not_cached_message_prints_a_command_that_works(tmp_path, capsys):
 def test_not_cached_message_names_the_case(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MARKETGPT_DATA", raising=False)
-    with pytest.raises(MarketGPTError, match=r"run `marketgpt data download --universe c --provider ccxt` first"):
+    with pytest.raises(MarketGPTError, match=r"run `marketgpt data download --case c --provider ccxt` first"):
         load_candles(load_universe("c"), "ccxt")
 
 

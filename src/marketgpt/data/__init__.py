@@ -57,7 +57,8 @@ def dropped_rows(universe: pd.DataFrame, provider: str, data_dir=None) -> dict[s
 
 def download_command(universe: str, provider: str, data_dir=None) -> str:
     """The `marketgpt data download` command line that fills the cache for this universe, provider and folder."""
-    words = ["marketgpt", "data", "download", "--universe", universe, "--provider", provider]
+    option = "--universe" if str(universe).lower().endswith(".csv") else "--case"    # as the README writes them
+    words = ["marketgpt", "data", "download", option, str(universe), "--provider", provider]
     if data_dir:
         words += ["--data-dir", str(data_dir)]
     return shlex.join(words)
