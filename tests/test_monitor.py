@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import run_cli, run_dir_of, small_config
+from helpers import fresh_pg, run_cli, run_dir_of, small_config
 
 from marketgpt.serve.baseline import COLUMNS as BASELINE_COLUMNS
 from marketgpt.signals import compute_signals
@@ -181,3 +181,20 @@ def test_monitor_command(logs, tmp_path):
     assert bad.returncode == 2 and "secret" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     horizon = run_cli("monitor", "--db", logs["x3"], "--horizon", "3d")
     assert horizon.returncode == 2 and "horizon 3d unknown" in horizon.stderr
+
+
+def test_the_monitor_reads_postgresql_like_sqlite(logs, pg_url):
+    """The tripped log copied row by row into an emptied PostgreSQL gives the same report."""
+    from sqlalchemy import select
+
+    from marketgpt.serve.db import Base, open_db
+    from marketgpt.serve.monitor import monitor_report
+
+    source, target = open_db(logs["x3"]), open_db(fresh_pg(pg_url))
+    with source.connect() as read, target.begin() as write:
+        for table in Base.metadata.sorted_tables:
+            rows = [dict(r) for r in read.execute(select(table)).mappings()]
+            if rows:
+                write.execute(table.insert(), rows)
+    assert monitor_report(engine=target) == monitor_report(engine=source)
+    source.dispose(), target.dispose()
