@@ -129,9 +129,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     compute = threading.Lock()
     forecaster = {}
 
-    def get_forecaster():
+    def served_run() -> Path:
         if run_dir is None:
             raise HTTPException(409, "the server has no model: start it with --run RUN_DIR")
+        return run_dir
+
+    def get_forecaster():
+        served_run()
         if "model" not in forecaster:
             from ..forecast import Forecaster
 
@@ -141,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MarketGPT", version=__version__, description=__doc__.split("\n\n")[0],
                   responses={400: {"model": Error}, 401: {"model": Error}, 404: {"model": Error},
                              422: {"model": Error}})
-    app.state.engine, app.state.settings = engine, settings
+    app.state.engine, app.state.settings, app.state.writes_enabled = engine, settings, token is not None
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc):
@@ -239,9 +243,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from .forecast_api import run_and_log
 
         _within("samples", body.samples, settings.max_samples)
-        get_forecaster()
+        served = served_run()     # compute_signals loads the run itself, as `marketgpt signals` does
         with compute:
-            return run_and_log(run_dir, body, settings, engine)
+            return run_and_log(served, body, settings, engine)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")
     app.add_middleware(BodyLimit)

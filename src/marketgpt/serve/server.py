@@ -7,27 +7,27 @@ import sys
 from ..config import POSITIVE, Range, bounded
 
 
-def serve(db=None, data_dir=None, run=None, universe=None, provider=None, backtest=None, host: str = "127.0.0.1", port: int = 8000,
-          protect_reads: bool = False, max_samples: int = 2048, max_horizon: int = 63) -> None:
+def serve(db=None, data_dir=None, run=None, universe=None, provider=None, backtest=None, host: str = "127.0.0.1",
+          port: int = 8000, protect_reads: bool = False, max_samples: int = 2048, max_horizon: int = 63) -> None:
     """Run the API until interrupted (what the command does, from Python)."""
     import uvicorn
 
     from .api import TOKEN_ENV, Settings, create_app
 
-    app = create_app(Settings(db, data_dir, run, universe, provider, backtest, protect_reads, max_samples, max_horizon))
-    import os
-
+    app = create_app(Settings(db=db, data_dir=data_dir, run=run, universe=universe, provider=provider,
+                              backtest=backtest, protect_reads=protect_reads, max_samples=max_samples,
+                              max_horizon=max_horizon))
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"marketgpt: serving on {host}, reachable from other machines; reads are "
               f"{'token-protected' if protect_reads else 'open'}", file=sys.stderr)
-    if not os.environ.get(TOKEN_ENV):
+    if not app.state.writes_enabled:
         print(f"marketgpt: {TOKEN_ENV} is not set, so POST /v1/signals/run is disabled", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
 def cmd_serve(args) -> int:
-    serve(args.db, args.data_dir, args.run, args.universe, args.provider, args.backtest, args.host, args.port, args.protect_reads,
-          args.max_samples, args.max_horizon)
+    serve(args.db, args.data_dir, args.run, args.universe, args.provider, args.backtest, args.host, args.port,
+          args.protect_reads, args.max_samples, args.max_horizon)
     return 0
 
 
