@@ -148,8 +148,31 @@ def rows_skill(r: dict) -> list[list[str]]:
     return rows
 
 
+def rows_api_load(r: dict) -> list[list[str]]:
+    res, ref = r["results"], r["results"]["health"]
+    names = {"signals": "GET /v1/signals", "history": "GET /v1/signals/history", "fan": "GET /v1/fan",
+             "monitor": "GET /v1/monitor", "forecast": "POST /v1/forecast (5 days, 64 paths)"}
+    return [[f"REST API, {r['clients']} clients on loopback, {names[k]}",
+             f"{res[k]['requests_per_s']:,.1f} req/s, p50 {res[k]['p50_ms']:.0f} ms, p99 {res[k]['p99_ms']:.0f} ms, "
+             f"{res[k]['errors']} errors of {res[k]['requests']}",
+             f"GET /health {ref['requests_per_s']:,.1f} req/s, p50 {ref['p50_ms']:.0f} ms", f"p50 {res[k]['p50_vs_health']}x",
+             "0 errors: " + met(res[k]["errors"] == 0)] for k in names if k in res]
+
+
+def rows_monitor_alarm(r: dict) -> list[list[str]]:
+    rows = []
+    for t in r["table"]:
+        if t["threshold"] in (10, 15):
+            rows.append([f"monitor CUSUM at {t['threshold']}, one stream per asset ({r['assets']} daily series, a year)",
+                         f"returns x3 from the break: {t['detected_60d']:.1%} tripped within 60 days",
+                         f"unchanged series: {t['false_alarm_share']:.1%} tripped in the year",
+                         f"{t['detected_60d'] / t['false_alarm_share']:.2f}x", ""])
+    return rows
+
+
 FORMATTERS = {"skill": rows_skill, "train_throughput": rows_train_throughput, "generate": rows_generate, "backtest": rows_backtest, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
-              "tokenizer": rows_tokenizer, "data_load": rows_data_load}
+              "tokenizer": rows_tokenizer, "data_load": rows_data_load, "api_load": rows_api_load,
+              "monitor_alarm": rows_monitor_alarm}
 ORDER = ["train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load", "skill"]
 
 
