@@ -19,6 +19,7 @@ from marketgpt import metrics as M
 from marketgpt.baselines import (
     fit_garch_t,
     garch_t,
+    garch_t_expanding,
     garch_variance,
     persistence_scores,
     persistence_weight,
@@ -111,6 +112,28 @@ def test_too_short_training_period_gives_no_garch():
     split = np.r_[np.zeros(100), np.full(200, 2)].astype(np.int8)
     loc, scale, df, fits = garch_t(r, split, np.zeros(300, dtype=int), 1)
     assert fits[0] == {"unusable": "100 training returns, fewer than 250"} and np.isnan(scale).all()
+
+
+def test_expanding_garch_covers_late_listed_assets_and_uses_the_past_only():
+    r = np.concatenate([simulate_garch_t(2500, seed=4), simulate_garch_t(600, seed=5)]) / 100
+    split = np.concatenate([split_of(2500), np.r_[np.zeros(100), np.full(500, 2)]]).astype(np.int8)
+    asset = np.repeat([0, 1], [2500, 600])
+    loc, scale, df, info = garch_t_expanding(r, split, asset, 2, scored=2, refit_every=63)
+    late = asset == 1
+    assert np.isnan(garch_t(r, split, asset, 2)[1][late]).all()       # no training-period fit for the late asset
+    pos = np.arange(600)
+    assert np.isnan(scale[late][pos < 250]).all() and np.isfinite(scale[late][pos >= 250]).all()
+    assert info[1] == {"fits": math.ceil(350 / 63), "unusable": 0, "missing": 150}
+    assert np.isnan(scale[split != 2]).all() and np.isfinite(scale[(asset == 0) & (split == 2)]).all()
+    k = int(np.flatnonzero((asset == 0) & (split == 2))[100])           # a test day inside the second refit block
+    later = r.copy()
+    later[k:2500] *= 4
+    again = garch_t_expanding(later, split, asset, 2, scored=2, refit_every=63)
+    assert all(np.array_equal(a[:k + 1], b[:k + 1], equal_nan=True) for a, b in zip((loc, scale, df), again))
+    assert not np.allclose(scale[k + 64:2500], again[1][k + 64:2500])
+    earlier = r.copy()
+    earlier[k - 1] *= 4
+    assert garch_t_expanding(earlier, split, asset, 2, scored=2, refit_every=63)[1][k] != scale[k]
 
 
 # --- the model's density of the close return --------------------------------------------------------

@@ -20,6 +20,7 @@ SCORE_COLUMNS = ("y", "model_nll", "model_crps", "model_pit", "p_up")
 
 def one_step_tables(run_dir, device=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(forecast rows, score rows) of the one-step density on every target of the run's test split."""
+    from .data import SPLITS
     from .dataset import load_data_candles, make_windows
     from .density import close_density
     from .evaluate.scoring import return_baselines, score_model
@@ -50,7 +51,7 @@ def one_step_tables(run_dir, device=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         forecast[f"close_{level_name(q)}"] = last_close * np.exp(s["quantiles"][:, k])
     for k, q in enumerate(DEFAULT_LEVELS):
         forecast[f"return_{level_name(q)}"] = s["quantiles"][:, k]
-    base, _ = return_baselines(store, returns)
+    base, _, _ = return_baselines(store, returns, SPLITS.index("test"))
     scores = pd.DataFrame({"symbol": symbols, "category": categories, "as_of": as_of, "date": dates,
                            "y": returns[rows], "model_nll": s["ret_nll"], "model_crps": s["ret_crps"],
                            "model_pit": s["pit"], "p_up": s["p_up"], **{k: v[rows] for k, v in base.items()}})

@@ -18,10 +18,10 @@ COVERAGE_LEVELS = (0.8, 0.5)
 PIT_BINS = 10
 
 
-BASELINES = ("random_walk", "garch_t")
+BASELINES = ("random_walk", "garch_t", "garch_t_expanding")
 
 
-BASELINE_NAMES = {"random_walk": "RW", "garch_t": "GARCH-t"}
+BASELINE_NAMES = {"random_walk": "RW", "garch_t": "GARCH-t", "garch_t_expanding": "GARCH-t expanding"}
 
 
 TOKEN_BASELINES = ("unigram", "unigram_per_asset", "persistence")
@@ -107,30 +107,35 @@ def token_baselines(store, rows, vocab_size: int) -> tuple[dict, list]:
             [float(x) for x in weight])
 
 
-def return_baselines(store, returns) -> tuple[dict, dict]:
-    """Per store row, the baselines' NLL/CRPS/PIT columns for the close return, and GARCH fits per asset."""
+def return_baselines(store, returns, scored: int) -> tuple[dict, dict, dict]:
+    """Per store row, the baselines' NLL/CRPS/PIT columns for the close return (the expanding-window GARCH-t on
+    the rows of split index `scored` only), the training-period GARCH fits per asset, and the expanding fits' counts
+    per asset."""
     import numpy as np
 
     from .. import metrics as M
-    from ..baselines import garch_t, random_walk
+    from ..baselines import garch_t, garch_t_expanding, random_walk
 
     split, asset = np.asarray(store.split), np.asarray(store.asset)
     n_assets = len(store.symbols)
     cols = {}
-    loc, scale = random_walk(returns, split, asset, n_assets)
-    ok = np.isfinite(scale)
-    for name, fn in (("nll", M.gaussian_nll), ("crps", M.gaussian_crps), ("pit", M.gaussian_cdf)):
-        col = np.full(len(returns), np.nan)
-        col[ok] = fn(returns[ok], loc[ok], scale[ok])
-        cols[f"random_walk_{name}"] = col
+
+    def add(name: str, dist: str, *params) -> None:
+        ok = np.isfinite(params[1])
+        fns = {"gaussian": (M.gaussian_nll, M.gaussian_crps, M.gaussian_cdf),
+               "student_t": (M.student_t_nll, M.student_t_crps, M.student_t_cdf)}[dist]
+        for metric, fn in zip(("nll", "crps", "pit"), fns):
+            col = np.full(len(returns), np.nan)
+            col[ok] = fn(returns[ok], *(p[ok] for p in params))
+            cols[f"{name}_{metric}"] = col
+
+    add("random_walk", "gaussian", *random_walk(returns, split, asset, n_assets))
     loc, scale, df, fits = garch_t(returns, split, asset, n_assets)
-    ok = np.isfinite(scale)
-    for name, fn in (("nll", M.student_t_nll), ("crps", M.student_t_crps), ("pit", M.student_t_cdf)):
-        col = np.full(len(returns), np.nan)
-        col[ok] = fn(returns[ok], loc[ok], scale[ok], df[ok])
-        cols[f"garch_t_{name}"] = col
+    add("garch_t", "student_t", loc, scale, df)
+    loc, scale, df, expanding = garch_t_expanding(returns, split, asset, n_assets, scored)
+    add("garch_t_expanding", "student_t", loc, scale, df)
     garch = {store.symbols[a]: p for a, p in fits.items()}
-    return cols, garch
+    return cols, garch, {store.symbols[a]: i for a, i in expanding.items()}
 
 
 def mean_or_nan(x) -> float:
@@ -200,7 +205,10 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
     results["persistence_weight"] = dict(zip(channels, weight))
     # --- the close return ---
     t1 = time.time()
-    cols, garch = return_baselines(store, returns)
+    from ..baselines import MIN_TRAIN_GARCH, REFIT_EVERY_DAYS
+    from ..data import SPLITS as STORE_SPLITS
+
+    cols, garch, expanding = return_baselines(store, returns, STORE_SPLITS.index(split))
     asset = np.asarray(store.asset)[rows]
     df = pd.DataFrame({"row": rows, "asset": asset, "date": store.dates[rows], "y": returns[rows],
                        "model_nll": scores["ret_nll"], "model_crps": scores["ret_crps"], "model_pit": scores["pit"],
@@ -222,17 +230,23 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
         block["garch_t_params"] = (None if "unusable" in fit else
                                    {k: fit[k] for k in ("mu", "omega", "alpha", "beta", "nu", "convergence_flag", "n_train")})
         block["garch_t_unusable"] = fit.get("unusable")
+        g = block["garch_t_expanding"]
+        block["beats_garch_t_expanding_nll"] = bool(block["model"]["nll"] < g["nll"]) if g["n"] else None
+        block["garch_t_expanding_fits"] = expanding.get(symbol)
         ret["per_asset"][symbol] = block
-    compared = [b for b in ret["per_asset"].values() if b["beats_garch_t_nll"] is not None]
-    wins = sum(b["beats_garch_t_nll"] for b in compared)
     results["returns"] = ret
-    results["headline"] = {
-        "assets_beating_garch_t_nll": int(wins), "assets_with_garch_t": len(compared),
-        "share_beating_garch_t_nll": wins / len(compared) if compared else float("nan"),
+    results["headline"] = {}
+    for b in ("garch_t", "garch_t_expanding"):
+        compared = [a[f"beats_{b}_nll"] for a in ret["per_asset"].values() if a[f"beats_{b}_nll"] is not None]
+        results["headline"] |= {f"assets_beating_{b}_nll": int(sum(compared)), f"assets_with_{b}": len(compared),
+                                f"share_beating_{b}_nll": sum(compared) / len(compared) if compared else float("nan")}
+    results["headline"] |= {
         "nll_skill_vs_garch_t": ret["overall"]["skill"]["nll_vs_garch_t"],
         "crps_skill_vs_garch_t": ret["overall"]["skill"]["crps_vs_garch_t"],
         "nll_skill_vs_random_walk": ret["overall"]["skill"]["nll_vs_random_walk"],
         "crps_skill_vs_random_walk": ret["overall"]["skill"]["crps_vs_random_walk"],
+        "nll_skill_vs_garch_t_expanding": ret["overall"]["skill"]["nll_vs_garch_t_expanding"],
+        "crps_skill_vs_garch_t_expanding": ret["overall"]["skill"]["crps_vs_garch_t_expanding"],
     }
     results["definitions"] = {
         "loss": "mean cross-entropy over channels and targets (nats per token), as in training",
@@ -251,6 +265,9 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
         "garch_t": "per asset GARCH(1,1) with standardized Student-t errors and constant mean on 100 x the "
                    "training-period returns (arch); parameters fixed, variance run forward over later days with "
                    "realised past returns only (no refit on val/test)",
+        "garch_t_expanding": "the same GARCH(1,1)-t refitted on all the asset's returns before the scored day "
+                             f"(expanding window, at least {MIN_TRAIN_GARCH} returns), refitted every "
+                             f"{REFIT_EVERY_DAYS} scored days (baselines.garch_t_expanding)",
     }
     log(f"scored baselines in {time.time() - t0:.1f}s (GARCH and random walk {time.time() - t1:.1f}s)")
     return results
