@@ -205,8 +205,9 @@ def garch_t(returns: np.ndarray, split: np.ndarray, asset: np.ndarray, n_assets:
     return loc, scale, df, fits
 
 
-#: scored days between two refits of the expanding-window GARCH-t (a quarter of trading days; each refit costs
-#: ~20-30 ms on 300-2,500 returns, so the test split of the 281 daily series of ../shared/data needs ~1,900 fits)
+#: scored days between two refits of the expanding-window GARCH-t (a quarter of trading days): the test split of
+#: the 281 daily series of ../shared/data (74k days) takes 1,135 fits, 53 s on 2 loaded CPU cores, and 76% of its
+#: days get a forecast (the rest fall in an asset's first 250 returns)
 REFIT_EVERY_DAYS = 63
 
 
