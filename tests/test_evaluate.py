@@ -124,7 +124,12 @@ def test_expanding_garch_covers_late_listed_assets_and_uses_the_past_only():
     pos = np.arange(600)
     assert np.isnan(scale[late][pos < 250]).all() and np.isfinite(scale[late][pos >= 250]).all()
     assert info[1] == {"fits": math.ceil(350 / 63), "unusable": 0, "missing": 150}
-    assert np.isnan(scale[split != 2]).all() and np.isfinite(scale[(asset == 0) & (split == 2)]).all()
+    test0 = (asset == 0) & (split == 2)
+    assert np.isnan(scale[split != 2]).all() and np.isfinite(scale[test0]).all()
+    fixed = garch_t(r, split, asset, 2)                 # one stationary process: both fits forecast alike
+    assert np.median(scale[test0] / fixed[1][test0]) == pytest.approx(1, abs=0.1)
+    nll = M.student_t_nll(r[test0], loc[test0], scale[test0], df[test0]).mean()
+    assert nll == pytest.approx(M.student_t_nll(r[test0], *(p[test0] for p in fixed[:3])).mean(), abs=0.02)
     k = int(np.flatnonzero((asset == 0) & (split == 2))[100])           # a test day inside the second refit block
     later = r.copy()
     later[k:2500] *= 4

@@ -206,7 +206,7 @@ def garch_t(returns: np.ndarray, split: np.ndarray, asset: np.ndarray, n_assets:
 
 
 #: scored days between two refits of the expanding-window GARCH-t (a quarter of trading days): the test split of
-#: the 281 daily series of ../shared/data (74k days) takes 1,135 fits, 53 s on 2 loaded CPU cores, and 76% of its
+#: the 281 daily series of ../shared/data (74k days) takes 1,135 fits, 55 s on 2 loaded CPU cores, and 77% of its
 #: days get a forecast (the rest fall in an asset's first 250 returns)
 REFIT_EVERY_DAYS = 63
 
@@ -236,7 +236,7 @@ def garch_t_expanding(returns: np.ndarray, split: np.ndarray, asset: np.ndarray,
         fits = bad = 0
         for start in range(0, len(usable), refit_every):
             block = usable[start:start + refit_every]
-            params = fit_garch_t(x[:block[0]])
+            params = fit_garch_t(returns[idx[:block[0]]])
             fits += 1
             if "unusable" in params:
                 bad += 1
