@@ -79,7 +79,7 @@ def block_figures(block: dict) -> dict:
     out = {"n": block["n"], "nll": m["nll"], "crps": m["crps"], "coverage_50": m["coverage_50"],
            "coverage_80": m["coverage_80"], "pit_histogram": m["pit_histogram"],
            "pit_max_dev_in_band": pit_band_units(m["pit_histogram"], block["n"])}
-    for b in ("garch_t", "random_walk"):
+    for b in ("garch_t", "garch_t_expanding", "random_walk"):
         dm = block["dm"][f"vs_{b}"]
         out[f"vs_{b}"] = {"n": block[b]["n"], "nll_skill": block["skill"][f"nll_vs_{b}"],
                           "crps_skill": block["skill"][f"crps_vs_{b}"], "dm_statistic": dm["statistic"],
@@ -89,13 +89,16 @@ def block_figures(block: dict) -> dict:
 
 def figures(results: dict) -> dict:
     ret = results["returns"]
-    big = [b for b in ret["per_asset"].values() if b["n"] >= MIN_DAYS and b["beats_garch_t_nll"] is not None]
     head = results["headline"]
-    return {"assets_min_days_with_garch_t": len(big),
-            "share_beating_garch_t_min_days": float(np.mean([b["beats_garch_t_nll"] for b in big])) if big else None,
-            "assets_with_garch_t": head["assets_with_garch_t"],
-            "share_beating_garch_t_all": head["share_beating_garch_t_nll"],
-            "overall": block_figures(ret["overall"]),
+    out = {}
+    for b in ("garch_t", "garch_t_expanding"):
+        big = [a[f"beats_{b}_nll"] for a in ret["per_asset"].values()
+               if a["n"] >= MIN_DAYS and a.get(f"beats_{b}_nll") is not None]
+        out |= {f"assets_min_days_with_{b}": len(big),
+                f"share_beating_{b}_min_days": float(np.mean(big)) if big else None,
+                f"assets_with_{b}": head.get(f"assets_with_{b}"),
+                f"share_beating_{b}_all": head.get(f"share_beating_{b}_nll")}
+    return {**out, "overall": block_figures(ret["overall"]),
             "per_category": {c: block_figures(b) for c, b in ret["per_category"].items()}}
 
 
@@ -218,7 +221,10 @@ def main() -> int:
         print(f"{name} (T = {t}): NLL skill vs GARCH-t {g['nll_skill']:+.4f} "
               f"(DM p {g['dm_p']:.3g}), CRPS skill {g['crps_skill']:+.4f}; vs RW {o['vs_random_walk']['nll_skill']:+.4f}; "
               f"share >= {MIN_DAYS} days beating GARCH-t {v['share_beating_garch_t_min_days']} of "
-              f"{v['assets_min_days_with_garch_t']}; coverage 80% {o['coverage_80']:.3f}, 50% {o['coverage_50']:.3f}; "
+              f"{v['assets_min_days_with_garch_t']}; vs expanding GARCH-t "
+              f"{o['vs_garch_t_expanding']['nll_skill']:+.4f} (DM p {o['vs_garch_t_expanding']['dm_p']:.3g}), share "
+              f"{v['share_beating_garch_t_expanding_min_days']} of {v['assets_min_days_with_garch_t_expanding']}; "
+              f"coverage 80% {o['coverage_80']:.3f}, 50% {o['coverage_50']:.3f}; "
               f"PIT max deviation {o['pit_max_dev_in_band']:.1f} bands; goals met: {v['goals']['all_met']}", flush=True)
     result = {"benchmark": "skill", "machine": mach, "quick": args.quick,
               "data": f"{n_assets} daily series of {args.data}, {n_candles:,} candles"
