@@ -1,12 +1,17 @@
 """The model monitor: skill and calibration of the logged signals against their outcomes, per model, model version
 and horizon, with an alarm when the model loses ground to the GARCH(1,1)-t baseline logged beside it.
 
-Statuses:
-- OK: the loss difference to the baseline has not drifted up, and the last WINDOW_DAYS days' calibration passes.
-- WARN: the CUSUM of the loss difference crossed WARN_AT, or a calibration test on the window (Kupiec on the 50% or
-  90% interval, KS on the PIT) has p below CALIBRATION_P: look at it.
-- RETRAIN: the CUSUM crossed RETRAIN_AT: the model has lost ground to the baseline for long enough to retrain.
+Statuses, from the pooled alarm alone (serve/alarm.py: three CUSUMs on the daily cross-sectional mean of the loss
+difference over the stream's assets, thresholds calibrated to a stated false-alarm rate):
+- OK: no CUSUM crossed WARN_AT.
+- WARN: one crossed WARN_AT: the model lost ground to the baseline, or the baseline lost ground to it, or the loss
+  difference swings far more than before: the returns changed regime. Look at it.
+- RETRAIN: one crossed RETRAIN_AT.
 - NO DATA: no signal of that model and horizon has both an outcome and a logged baseline yet.
+The reason names the CUSUM and the day it crossed; it also names the calibration tests on the last WINDOW_DAYS days
+(Kupiec on the 50% and 90% intervals, KS on the PIT) that fail at p < CALIBRATION_P, as detail that does not change
+the status (pooled over 223 assets they failed on the unchanged series too), and the metrics list the assets with
+the highest loss difference over the window.
 What is scored, and how the alarm works and its thresholds were measured: serve/alarm.py.
 
 Python: `monitor_report(url)` returns the JSON-ready report (what `marketgpt monitor --json` prints).
@@ -17,6 +22,11 @@ from __future__ import annotations
 import sys
 
 from .alarm import CALIBRATION_P, RETRAIN_AT, WARMUP_DAYS, WARN_AT, WINDOW_DAYS
+
+#: what each CUSUM's crossing says
+WHY = {"up": "the model lost ground to GARCH-t (the pooled loss difference drifted up)",
+       "down": "GARCH-t lost ground to the model (the pooled loss difference fell): the returns changed regime",
+       "spread": "the pooled loss difference to GARCH-t swings far more than it did: the returns changed regime"}
 
 STATUSES = ("NO DATA", "OK", "WARN", "RETRAIN")
 QUANTILES = ("q05", "q25", "q75", "q95")
@@ -91,13 +101,13 @@ def assess(rows) -> dict:
                 "metrics": {}}
     e = np.full(len(rows), np.nan)
     e[has_b] = A.loss_difference(mq[has_b], bq[has_b], y[has_b])
-    daily = pd.Series(e).groupby(days).mean()
-    x, ends = A.blocks(daily.to_numpy(), int(rows.bars.min()))
+    pooled_days, daily = A.pool_days(e, days)
+    x, ends = A.blocks(daily, int(rows.bars.min()))
     s = A.cusum(x)
-    warn_i, retrain_i = A.trips(s)
-    block_days = daily.index[ends]
+    alarm = A.trips(s)
+    block_days = pooled_days[ends]
 
-    unique_days = daily.index
+    unique_days = np.unique(days)
     in_window = days >= unique_days[max(0, len(unique_days) - WINDOW_DAYS)]
     w = in_window & has_b
     qs_m, qs_b = A.quantile_score(mq, y), np.full(len(y), np.nan)
@@ -126,51 +136,43 @@ def assess(rows) -> dict:
         **calibration,
         "brier": A.brier(rows.prob_up.to_numpy(np.float64)[in_window], y[in_window]),
         "brier_baseline": A.brier(rows.baseline_prob_up.to_numpy(np.float64)[w], y[w]),
-        "cusum": float(s[-1]) if len(s) else 0.0, "cusum_max": float(s.max()) if len(s) else 0.0,
-        "warn_at": WARN_AT, "retrain_at": RETRAIN_AT,
+        **{f"cusum_{side}": float(v[-1]) if len(v) else 0.0 for side, v in s.items()},
+        "cusum_max": float(max(v.max(initial=0.0) for v in s.values())),
+        "warn_at": WARN_AT, "retrain_at": RETRAIN_AT, "pooled_days": int(len(x)),
+        **{f"{k}_on": _day(block_days[v[0]]) if v else None for k, v in alarm.items()},
+        "worst_assets": _worst_assets(rows.symbol.to_numpy()[w], e[w]),
     }
     skill = metrics["skill_qs"]
     tail = (f"QS skill vs GARCH-t {skill:+.3f} over the last {metrics['window_days']} days"
             if skill is not None else "no baseline in the window")
-    status, reason, tripped = "OK", "", None
-    if retrain_i is not None:
-        status, tripped = "RETRAIN", block_days[retrain_i]
-        reason = f"the loss difference to GARCH-t drifted up: CUSUM above {RETRAIN_AT:g} on {_day(tripped)}"
-    elif warn_i is not None:
-        status, tripped = "WARN", block_days[warn_i]
-        reason = f"the loss difference to GARCH-t drifted up: CUSUM above {WARN_AT:g} on {_day(tripped)}"
+    now = "CUSUM up/down/spread {:.1f}/{:.1f}/{:.1f}".format(*(metrics[f"cusum_{side}"] for side in A.SIDES))
+    status, tripped = "OK", None
+    for name, h in (("RETRAIN", RETRAIN_AT), ("WARN", WARN_AT)):
+        if alarm[name.lower()] is not None:
+            index, side = alarm[name.lower()]
+            status, tripped = name, block_days[index]
+            reason = f"{WHY[side]}: CUSUM {side} above {h:g} on {_day(tripped)} (now {now})"
+            break
+    else:
+        reason = ("warming up: " if len(x) < WARMUP_DAYS else "") + \
+                 f"{now} (WARN above {WARN_AT:g}, RETRAIN above {RETRAIN_AT:g})"
     failing = _failing(calibration)
     if failing:
         names = {"kupiec50_p": f"50% coverage {metrics['coverage50']:.2f} (Kupiec p {calibration['kupiec50_p']:.1g})",
                  "kupiec90_p": f"90% coverage {metrics['coverage90']:.2f} (Kupiec p {calibration['kupiec90_p']:.1g})",
                  "pit_ks_p": f"PIT not uniform (KS p {calibration['pit_ks_p']:.1g})"}
-        text = "miscalibrated over the last {} days: {}".format(metrics["window_days"],
-                                                                 ", ".join(names[k] for k in failing))
-        if status == "OK":
-            status, tripped = "WARN", _calibration_trip(unique_days, days, inside50, inside90, pit)
-            reason = f"{text}, since {_day(tripped)}"
-        else:
-            reason += "; " + text
-    if status == "OK":
-        reason = ("warming up: " if len(x) < WARMUP_DAYS else "") + \
-                 f"CUSUM {metrics['cusum']:.1f} (WARN above {WARN_AT:g}, RETRAIN above {RETRAIN_AT:g})"
-    else:
-        reason += f" (CUSUM now {metrics['cusum']:.1f})"
+        reason += "; miscalibrated over the last {} days: {}".format(metrics["window_days"],
+                                                                     ", ".join(names[k] for k in failing))
     return {**entry, "status": status, "reason": f"{reason}; {tail}", "tripped_on": _day(tripped),
             "metrics": metrics}
 
 
-def _calibration_trip(unique_days, days, inside50, inside90, pit):
-    """The first day of the current run of days on which the window's calibration fails (walking back from the last
-    day while it still fails)."""
-    trip = unique_days[-1]
-    for k in range(len(unique_days) - 2, -1, -1):
-        start = unique_days[max(0, k + 1 - WINDOW_DAYS)]
-        sel = (days >= start) & (days <= unique_days[k])
-        if not _failing(_window_calibration(inside50[sel], inside90[sel], pit[sel])):
-            break
-        trip = unique_days[k]
-    return trip
+def _worst_assets(symbols, e, top: int = 3) -> list[dict]:
+    """Detail beside the pooled alarm: the assets with the highest mean loss difference over the window."""
+    import pandas as pd
+
+    means = pd.Series(e).groupby(symbols).mean().dropna().sort_values(ascending=False, kind="stable")
+    return [{"symbol": str(k), "loss_difference": float(v)} for k, v in means.head(top).items()]
 
 
 def monitor_report(url=None, data_dir=None, engine=None, run=None, horizon=None) -> dict:
