@@ -214,11 +214,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return fan_data(engine, symbol, as_of, days)
 
+    monitor_cache, monitor_lock = {}, threading.Lock()
+
     @app.get("/v1/monitor", dependencies=reads)
     def monitor(model: Model = None, horizon: Horizon = None):
+        """The report is cached per query and recomputed only when the log's fingerprint (queries.log_state) changed:
+        one aggregate query per call instead of the whole report (bench/api_load.py). Clients wait on one lock, so
+        32 of them at a change compute it once."""
         from .monitor import monitor_report
 
-        return monitor_report(engine=engine, run=model, horizon=horizon)
+        with monitor_lock:
+            state = queries.log_state(engine)
+            key = (model, horizon)
+            if monitor_cache.get(key, (None,))[0] != state:
+                if len(monitor_cache) >= 64:
+                    monitor_cache.clear()
+                monitor_cache[key] = (state, monitor_report(engine=engine, run=model, horizon=horizon))
+            return monitor_cache[key][1]
 
     @app.get("/v1/backtest/equity.png", dependencies=reads, response_class=FileResponse)
     def equity():

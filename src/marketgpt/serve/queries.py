@@ -96,3 +96,17 @@ def history_source(engine: Engine, symbol: str) -> tuple[str, str, str | None] |
 def count(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(Signal)).scalar() or 0
+
+
+def log_state(engine: Engine) -> tuple:
+    """A fingerprint of the scored part of the log: counts, largest ids and sums of a few columns of signals and
+    outcomes. A day logged again replaces its signals (and may reuse their ids on SQLite) and filling outcomes only
+    adds rows, so a write that changes what the monitor reads changes this (short of a replacement whose counts, ids
+    and sums all come out equal). One aggregate query per table."""
+    with engine.connect() as conn:
+        signals = conn.execute(select(func.count(Signal.id), func.max(Signal.id), func.sum(Signal.prob_up),
+                                      func.sum(Signal.return_q05), func.sum(Signal.return_q95),
+                                      func.sum(Signal.baseline_return_q95))).one()
+        outcomes = conn.execute(select(func.count(Outcome.signal_id), func.max(Outcome.signal_id),
+                                       func.sum(Outcome.realised_log_return))).one()
+    return tuple(signals) + tuple(outcomes)
