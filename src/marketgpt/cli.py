@@ -37,6 +37,9 @@ def cmd_data_download(args) -> int:
         print(f"  {symbol}: read again from scratch ({why})")
     for symbol, counts in report.dropped.items():
         print(f"  {symbol}: dropped " + ", ".join(f"{n} {rule}" for rule, n in counts.items()))
+    for symbol, source in report.no_volume.items():
+        print(f"marketgpt: warning: {symbol}: no volume in {source} (no volume column, or every volume 0); cached "
+              f"with volume 0, so a model with model.use_volume learns nothing from its volume", file=sys.stderr)
     for symbol, reason in report.failed.items():
         print(f"  failed {symbol}: {reason}", file=sys.stderr)
     return 1 if report.failed else 0

@@ -9,7 +9,7 @@ earlier periods for context (its earlier targets are masked out of the loss).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,7 @@ class Prepared:
     split: TimeSplit
     tokenizer: CandleTokenizer
     store: TokenStore
+    no_volume: list[str] = field(default_factory=list)   # with use_volume: assets whose candles have no volume
 
 
 def load_data_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -164,4 +165,6 @@ def prepare_dataset(cfg, tokenizer: CandleTokenizer | None = None) -> Prepared:
         tokenizer = fit_tokenizer(candles, split, cfg.model.vocab_size, cfg.model.use_volume)
     elif tokenizer.vocab_size != cfg.model.vocab_size:
         raise MarketGPTError(f"tokenizer vocab_size {tokenizer.vocab_size} != model.vocab_size {cfg.model.vocab_size}")
-    return Prepared(universe, split, tokenizer, build_store(candles, universe, tokenizer, split))
+    volume = candles.volume.fillna(0).ne(0).groupby(candles.symbol, sort=False).any()
+    no_volume = [str(s) for s, has in volume.items() if not has] if tokenizer.use_volume else []
+    return Prepared(universe, split, tokenizer, build_store(candles, universe, tokenizer, split), no_volume)

@@ -107,7 +107,8 @@ def write_run_files(cfg: Config, run_dir: Path, d: Dist, start: Start | None = N
                 "windows": {name: int(len(w)) for name, w in made.items()},
                 "channels": prepared.tokenizer.channels, "context_length": T,
                 "skipped_assets": list(skipped), "skipped_reasons": skipped, "on_bad_rows": cfg.data.on_bad_rows,
-                "dropped_rows": dropped_rows(prepared.universe, cfg.data.provider, cfg.data.data_dir or None)},
+                "dropped_rows": dropped_rows(prepared.universe, cfg.data.provider, cfg.data.data_dir or None),
+                "no_volume": prepared.no_volume},
                run_dir / "data_info.json")
     write_json({**cfg.to_dict(), "run": {"versions": versions(), "world_size": d.world_size, **process_id(),
                                          "created": datetime.now().isoformat(timespec="seconds"),
@@ -140,6 +141,10 @@ def data_lines(run_dir: Path) -> list[str]:
         lines.append("Dropped bad rows (on_bad_rows=drop): " + "; ".join(
             f"{s} {sum(c.values())} ({', '.join(f'{n} {rule}' for rule, n in c.items())})"
             for s, c in info["dropped_rows"].items()))
+    if info.get("no_volume"):
+        lines.append(f"Warning: model.use_volume is on, but {len(info['no_volume'])} asset(s) have no volume (every "
+                     f"candle 0, or no volume column in the source): {', '.join(info['no_volume'])}; their volume "
+                     f"tokens carry nothing")
     if info.get("skipped_reasons"):
         lines.append("Skipped assets (no training windows): "
                      + "; ".join(f"{s} ({why})" for s, why in info["skipped_reasons"].items()))

@@ -24,6 +24,7 @@ class DownloadReport:
     failed: dict[str, str] = field(default_factory=dict)    # symbol -> one-line reason
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     changed: dict[str, str] = field(default_factory=dict)   # symbol -> why it was read again from scratch
+    no_volume: dict[str, str] = field(default_factory=dict)  # symbol -> source whose new candles have no volume
 
 
 def check_dates(start: str, end: str) -> tuple[str, str]:
@@ -60,9 +61,10 @@ def source_change(prov: Provenance | None, stamp: dict) -> str:
 
 
 def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start: str, end: str,
-                 policy: str, refresh: bool = False) -> tuple[int, dict[str, int], str]:
+                 policy: str, refresh: bool = False) -> tuple[int, dict[str, int], str, str]:
     """Fetch what is missing for one asset, validate it and merge it into the cache; return (new rows, dropped,
-    why the cache was read again from scratch). A source file that changed since it was cached, or `refresh`,
+    why the cache was read again from scratch, the source of new candles without any volume or "": a file without
+    a volume column is read with volume 0, which must be said, since model.use_volume would learn nothing there). A source file that changed since it was cached, or `refresh`,
     replaces the cached candles instead of adding to them: an edited row must not be kept in its old form."""
     prov = cache.provenance(asset.symbol)
     stamp = provider.stamp(asset)
@@ -74,7 +76,7 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
     parts = [] if cached is None else [cached]
     dropped = dict(prov.dropped) if prov else {}
     source = prov.source if prov else ""
-    new_rows = 0
+    new_rows, no_volume = 0, ""
     for lo, hi in ranges:
         try:
             fetched = provider.fetch(asset, lo or None, hi or None)
@@ -87,10 +89,12 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
         for rule, n in counts.items():
             dropped[rule] = dropped.get(rule, 0) + n
         new_rows += len(candles)
+        if len(candles) and not candles.volume.to_numpy().any():
+            no_volume = fetched.source
         parts.append(candles)
         source = fetched.source
     if not new_rows and cached is not None:
-        return 0, dropped, changed
+        return 0, dropped, changed, ""
     merged = pd.concat(parts, ignore_index=True).drop_duplicates("date", keep="last").sort_values("date")
     if merged.empty:
         raise MarketGPTError(f"{source or provider.name} (asset {asset.symbol}): no valid candles")
@@ -100,7 +104,7 @@ def update_asset(asset: pd.Series, provider: Provider, cache: CandleCache, start
         requested_start=requested_start, requested_end=end or "",
         fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source, dropped=dropped,
         source_stamp=stamp))
-    return new_rows, dropped, changed
+    return new_rows, dropped, changed, no_volume
 
 
 def download_universe(universe: pd.DataFrame, provider: Provider, cache: CandleCache, start: str = "",
@@ -114,7 +118,7 @@ def download_universe(universe: pd.DataFrame, provider: Provider, cache: CandleC
     for asset in progress(list(universe.itertuples(index=False)), desc=f"download ({provider.name})"):
         asset = pd.Series(asset._asdict())
         try:
-            rows, dropped, changed = update_asset(asset, provider, cache, start, end, policy, refresh)
+            rows, dropped, changed, no_volume = update_asset(asset, provider, cache, start, end, policy, refresh)
         except MarketGPTError as exc:
             report.failed[asset.symbol] = str(exc)
             continue
@@ -126,4 +130,6 @@ def download_universe(universe: pd.DataFrame, provider: Provider, cache: CandleC
             report.unchanged.append(asset.symbol)
         if dropped:
             report.dropped[asset.symbol] = dropped
+        if no_volume:
+            report.no_volume[asset.symbol] = no_volume
     return report
