@@ -37,9 +37,12 @@ def weights_file(run_dir: Path) -> str:
 
 
 def check_run_dir(run_dir) -> Path:
+    if not isinstance(run_dir, (str, Path)) or not str(run_dir).strip():
+        raise MarketGPTError(f"run directory: expected a path, got {type(run_dir).__name__} {run_dir!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise MarketGPTError(f"{run_dir}: run directory not found")
+        raise MarketGPTError(f"{run_dir}: " + ("a file, not a run directory" if run_dir.exists() else
+                                               "run directory not found"))
     for name in ("config.json", "tokenizer.json", weights_file(run_dir)):
         if not (run_dir / name).exists():
             raise MarketGPTError(f"{run_dir}: no {name} (not a finished run directory?)")
@@ -52,6 +55,44 @@ def has_unknown_rows(state_dict: dict, num_assets: int) -> bool:
     """Whether a checkpoint's asset table has the extra "unknown asset" row (runs trained before it have none)."""
     weight = state_dict.get("asset_emb.weight")
     return weight is not None and weight.shape[0] == num_assets + 1
+
+
+def weights_misfit(model, state: dict) -> list[str]:
+    """Every difference between a checkpoint's weights and a model built from the run's files: keys missing,
+    unexpected, or of another shape (checkpoint vs run), all of them, so nothing of the cause is cut off."""
+    own = model.state_dict()
+    shape = lambda t: "x".join(map(str, t.shape)) if hasattr(t, "shape") else type(t).__name__
+    lines = [f"{k} {shape(state[k])} vs {shape(own[k])}" for k in own if k in state and
+             getattr(state[k], "shape", None) != own[k].shape]
+    lines += [f"{k} missing" for k in own if k not in state]
+    lines += [f"{k} unexpected" for k in state if k not in own]
+    return lines
+
+
+def check_weights_fit(run_dir: Path, model, state: dict, tokenizer, store) -> None:
+    """best_model.pt fits the model its run's files describe, or one line naming the file that disagrees: the
+    token store (tokens/assets.json: assets and categories; tokens.npy: channels) or tokenizer.json when their
+    tables differ from the weights' (a store copied from another run), else config.json's model section."""
+    if store.tokens.shape[1] != len(tokenizer.channels):
+        raise MarketGPTError(f"{run_dir}: tokens/tokens.npy has {store.tokens.shape[1]} channels but tokenizer.json "
+                             f"{len(tokenizer.channels)} ({', '.join(tokenizer.channels)}): the token store and the "
+                             f"tokenizer come from different runs")
+    misfit = weights_misfit(model, state)
+    if not misfit:
+        return
+    files = {"asset_emb.weight": "tokens/assets.json", "category_emb.weight": "tokens/assets.json",
+             "tok_emb.weight": "tokens/tokens.npy", "cond_emb.weight": "tokens/tokens.npy", "head": "tokens/tokens.npy"}
+    own = model.state_dict()
+    rows_only = [k for k in files if k in state and k in own and getattr(state[k], "shape", None) != own[k].shape
+                 and tuple(state[k].shape[-2 if k == "head" else 1:]) == tuple(own[k].shape[-2 if k == "head" else 1:])]
+    if rows_only and len(rows_only) == len(misfit):
+        culprit = (" and ".join(dict.fromkeys(files[k] for k in rows_only)) + f" of {run_dir} ({len(store.symbols)} "
+                   f"assets, {len(store.category_names)} categories, {store.tokens.shape[1]} channels): the token "
+                   f"store is not the one these weights were trained on")
+    else:
+        culprit = f"the model section of {run_dir / 'config.json'}"
+    raise MarketGPTError(f"{run_dir / 'best_model.pt'}: the weights do not fit {culprit} "
+                         f"(checkpoint vs run: {'; '.join(misfit)})")
 
 
 def load_run(run_dir, device=None, calibrated: bool = True):
@@ -85,12 +126,8 @@ def load_run(run_dir, device=None, calibrated: bool = True):
         raise MarketGPTError(f"{run_dir / 'best_model.pt'}: not a model checkpoint (no 'model' weights)")
     model = MarketGPT(cfg.model, store.tokens.shape[1], len(store.symbols), len(store.category_names),
                       unknown=has_unknown_rows(state, len(store.symbols)))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise MarketGPTError(f"{run_dir / 'best_model.pt'}: weights do not fit the run's config.json model section "
-                             f"({detail[:400]})") from None
+    check_weights_fit(run_dir, model, state, tokenizer, store)
+    model.load_state_dict(state)
     model.to(device).eval()
     model.close_temperature = read_temperature(run_dir) if calibrated else 1.0   # 1.0 without calibration.json
     return cfg, tokenizer, store, model, ckpt.get("epoch")
