@@ -39,6 +39,9 @@ NLL_COLUMNS = [
     ("p (RW)", ("dm", "vs_random_walk", "p_value"), ".3g"),
     ("DM vs GARCH-t", ("dm", "vs_garch_t", "statistic"), "+.2f"),
     ("p (GARCH-t)", ("dm", "vs_garch_t", "p_value"), ".3g"),
+    ("GARCH-t exp.", ("garch_t_expanding", "nll"), ".4f"),
+    ("skill vs GARCH-t exp.", ("skill", "nll_vs_garch_t_expanding"), "+.4f"),
+    ("p (GARCH-t exp.)", ("dm", "vs_garch_t_expanding", "p_value"), ".3g"),
 ]
 
 
@@ -48,6 +51,8 @@ CRPS_COLUMNS = [
     ("GARCH-t", ("garch_t", "crps"), ".6f"),
     ("skill vs RW", ("skill", "crps_vs_random_walk"), "+.4f"),
     ("skill vs GARCH-t", ("skill", "crps_vs_garch_t"), "+.4f"),
+    ("GARCH-t exp.", ("garch_t_expanding", "crps"), ".6f"),
+    ("skill vs GARCH-t exp.", ("skill", "crps_vs_garch_t_expanding"), "+.4f"),
 ]
 
 
@@ -55,6 +60,7 @@ CALIBRATION_COLUMNS = [
     ("cov80 model", ("model", "coverage_80"), ".4f"),
     ("cov80 RW", ("random_walk", "coverage_80"), ".4f"),
     ("cov80 GARCH-t", ("garch_t", "coverage_80"), ".4f"),
+    ("cov80 GARCH-t exp.", ("garch_t_expanding", "coverage_80"), ".4f"),
     ("cov50 model", ("model", "coverage_50"), ".4f"),
     ("cov50 RW", ("random_walk", "coverage_50"), ".4f"),
     ("cov50 GARCH-t", ("garch_t", "coverage_50"), ".4f"),
@@ -121,7 +127,10 @@ def headline(results: dict) -> str:
         f"favours the model), vs RW {fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
         f"CRPS skill vs GARCH-t {fv(h['crps_skill_vs_garch_t'], '+.4f')}, vs RW {fv(h['crps_skill_vs_random_walk'], '+.4f')}",
         f"model beats GARCH-t on NLL for {h['assets_beating_garch_t_nll']}/{h['assets_with_garch_t']} assets "
-        f"(share {fv(h['share_beating_garch_t_nll'], '.4f')})",
+        f"(share {fv(h['share_beating_garch_t_nll'], '.4f')}); against GARCH-t refitted on an expanding window: "
+        f"NLL skill {fv(h.get('nll_skill_vs_garch_t_expanding'), '+.4f')} (DM p "
+        f"{fv(ov['dm'].get('vs_garch_t_expanding', {}).get('p_value'), '.3g')}), better on "
+        f"{h.get('assets_beating_garch_t_expanding_nll', 0)}/{h.get('assets_with_garch_t_expanding', 0)} assets",
         f"coverage 80% {fv(ov['model']['coverage_80'], '.4f')}, 50% {fv(ov['model']['coverage_50'], '.4f')}; "
         f"direction hit rate {fv(ov['direction']['hit_rate'], '.4f')} [{fv(ov['direction']['wilson_95'][0], '.4f')}, "
         f"{fv(ov['direction']['wilson_95'][1], '.4f')}] vs always up {fv(ov['direction']['always_up'], '.4f')}",
