@@ -125,6 +125,9 @@ def histories_for(run_dir, cfg, symbols, universe, provider, data_dir):
                                                                else cfg.data.provider)
     if data_dir is None:
         data_dir = cfg.data.data_dir or None
+    from .data import check_provider
+
+    check_provider(provider)   # a mistyped provider is named once, not once per asset
     candles, failed = load_histories(frame, provider, data_dir)
     if candles is None:
         raise MarketGPTError("no asset could be loaded: " + "; ".join(f"{s}: {r}" for s, r in failed.items()))
@@ -161,20 +164,31 @@ def forecast_universe(run_dir, symbols: list[str] | None = None, universe: str |
 
 
 def _symbols(text: str | None) -> list[str] | None:
+    """--symbols as a list, each symbol once (a repeated one would be read twice and refused as duplicate dates)."""
     if text is None:
         return None
-    out = [s.strip() for s in text.split(",") if s.strip()]
+    out = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     if not out:
         raise MarketGPTError(f"--symbols {text!r}: give comma-separated symbols, e.g. --symbols SPX,GOOG")
     return out
 
 
+def check_outputs(output, charts, what: str) -> tuple[Path, Path | None]:
+    """The table file (.parquet, .csv or .json) and the chart folder of a command, both proven writable before
+    minutes of sampling that a refused write would lose."""
+    from .config import writable_dir, writable_file
+
+    output = Path(output)
+    if output.suffix.lower() not in (".parquet", ".csv", ".json"):
+        raise MarketGPTError(f"-o {output}: the {what} file must end in .parquet, .csv or .json")
+    writable_file(output, f"{what} file (-o)")
+    return output, (writable_dir(charts, "chart folder (--charts)") if charts else None)
+
+
 def cmd_forecast(args) -> int:
     from .progress import is_terminal
 
-    output = Path(args.output)
-    if output.suffix.lower() not in (".parquet", ".csv", ".json"):
-        raise MarketGPTError(f"-o {output}: the forecast file must end in .parquet, .csv or .json")
+    output, charts = check_outputs(args.output, args.charts, "forecast")
     forecast = forecast_universe(args.run_dir, _symbols(args.symbols), args.universe, args.provider, args.data_dir,
                                  args.as_of, args.horizon, args.samples, args.seed, args.temperature, args.top_p,
                                  args.max_batch, args.device, progress=is_terminal())
@@ -182,7 +196,7 @@ def cmd_forecast(args) -> int:
     if not forecast.assets:
         raise MarketGPTError("no asset could be forecast (reasons above)")
     forecast.save(output)
-    charts = Path(args.charts) if args.charts else output.with_name(f"{output.stem}_charts")
+    charts = charts or output.with_name(f"{output.stem}_charts")   # beside the file, whose folder was checked
     for a in forecast.assets.values():
         fan_chart(a, charts / f"{a.symbol}.png")
     print(f"wrote {output} ({len(forecast.assets)} assets x {forecast.horizon} days) and fan charts in {charts}/")

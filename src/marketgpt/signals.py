@@ -247,14 +247,12 @@ def compute_signals(run_dir, symbols=None, universe=None, provider=None, data_di
 
 def cmd_signals(args) -> int:
     from .forecast import write_table
-    from .forecast_cli import _symbols
+    from .forecast_cli import _symbols, check_outputs
     from .progress import is_terminal
 
     names = parse_horizon_names(args.horizons)
     check_costs(args.threshold, args.cost_bps, args.slippage_bps)
-    output = Path(args.output)
-    if output.suffix.lower() not in (".parquet", ".csv", ".json"):
-        raise MarketGPTError(f"-o {output}: the signal file must end in .parquet, .csv or .json")
+    output, charts = check_outputs(args.output, args.charts, "signal")
     engine = None
     if args.log:   # opened first: a bad --db fails before minutes of sampling
         from .serve.db import open_db
@@ -267,10 +265,10 @@ def cmd_signals(args) -> int:
     write_table(table, output)
     print(f"wrote {output} ({len(forecast.assets)} assets x {len(names)} horizons; LONG when P(up) >= "
           f"{args.threshold:g} and E[return] > {2 * (args.cost_bps + args.slippage_bps):g} bps round trip)")
-    if args.charts:
+    if charts is not None:
         for symbol, a in forecast.assets.items():
-            bands_chart(a, table[table.symbol == symbol], Path(args.charts) / f"{symbol}.png")
-        print(f"band charts in {args.charts}/")
+            bands_chart(a, table[table.symbol == symbol], charts / f"{symbol}.png")
+        print(f"band charts in {charts}/")
     if engine is not None:
         from .serve.log import log_signals
 

@@ -10,10 +10,10 @@ from ..errors import MarketGPTError
 from .cache import CandleCache, Provenance, default_data_dir
 from .download import DownloadReport, download_universe, source_change
 from .info import format_info, universe_info
-from .providers import PROVIDERS, get_provider
+from .providers import PROVIDERS, check_provider, get_provider
 from .split import SPLITS, TimeSplit, time_split
 from .universe import CASES, load_universe
-from .validate import validate_candles
+from .validate import check_policy, validate_candles
 
 LONG_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "volume"]
 
@@ -25,6 +25,7 @@ def load_candles(universe: pd.DataFrame, provider: str, data_dir=None, fetch_off
     Offline providers (sample, files) fill a missing cache on the spot, and read again a source file that changed
     since it was cached; network providers must have been downloaded first with `marketgpt data download`.
     """
+    check_policy(policy)
     cache = CandleCache(data_dir, provider)
     missing = [s for s in universe.symbol if not cache.exists(s)]
     try:
@@ -67,6 +68,6 @@ def download_command(universe: str, provider: str, data_dir=None) -> str:
 __all__ = [
     "CASES", "LONG_COLUMNS", "PROVIDERS", "SPLITS", "CandleCache", "DownloadReport", "MarketGPTError", "Provenance",
     "TimeSplit", "default_data_dir", "download_command", "download_universe", "dropped_rows", "format_info",
-    "get_provider",
+    "check_provider", "get_provider",
     "load_candles", "load_universe", "time_split", "universe_info", "validate_candles",
 ]

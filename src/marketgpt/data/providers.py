@@ -332,10 +332,18 @@ class CCXTProvider(Provider):
 PROVIDERS = ("sample", "files", "yfinance", "ccxt")
 
 
+def check_provider(name: str) -> str:
+    """A provider name whose kind exists (nothing is opened: a cache may serve without its source folder)."""
+    if not isinstance(name, str) or name.partition(":")[0] not in PROVIDERS:
+        raise MarketGPTError(f"unknown provider '{name}'; choose one of {', '.join(PROVIDERS)} (files:PATH, "
+                             f"ccxt:EXCHANGE)")
+    return name
+
+
 def get_provider(name: str, root: str | Path | None = None, date_format: str = "") -> Provider:
     """Build a provider by name; `files` takes the folder as `files:PATH` or `root`, and the format of its dates
     when they cannot be told apart (day/month or month/day)."""
-    kind, _, arg = name.partition(":")
+    kind, _, arg = check_provider(name).partition(":")
     if date_format and kind != "files":
         raise MarketGPTError(f"--date-format is for the files provider; provider {name} gives dates, not text")
     if kind == "sample":
@@ -346,6 +354,4 @@ def get_provider(name: str, root: str | Path | None = None, date_format: str = "
         return FilesProvider(arg or root, date_format)
     if kind == "yfinance":
         return YFinanceProvider()
-    if kind == "ccxt":
-        return CCXTProvider(arg or DEFAULT_EXCHANGE)
-    raise MarketGPTError(f"unknown provider '{name}'; choose one of {', '.join(PROVIDERS)} (files:PATH, ccxt:EXCHANGE)")
+    return CCXTProvider(arg or DEFAULT_EXCHANGE)   # the last kind check_provider lets through

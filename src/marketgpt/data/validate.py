@@ -30,6 +30,13 @@ RULES = {
 }
 
 
+def check_policy(policy: str) -> str:
+    """on_bad_rows: checked where candles are loaded, not only when a bad row finally meets it."""
+    if policy not in POLICIES:
+        raise MarketGPTError(f"on_bad_rows must be one of {', '.join(POLICIES)}, got '{policy}'")
+    return policy
+
+
 def normalize_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Lower-case column names, accept `Date`/`timestamp` for date, and require OHLC; volume defaults to 0."""
     renamed = {c: str(c).strip().lower().replace(" ", "_") for c in frame.columns}
@@ -157,8 +164,7 @@ def validate_candles(
     Rows dated outside start..end are left out before the rules, so that bad rows already counted when earlier
     dates were cached are not counted again; rows without a readable date are always checked.
     """
-    if policy not in POLICIES:
-        raise MarketGPTError(f"on_bad_rows must be one of {', '.join(POLICIES)}, got '{policy}'")
+    check_policy(policy)
     frame = normalize_columns(frame, source)
     rows = np.arange(1, len(frame) + 1) if row_label == "row" else frame.index.to_numpy()
     frame = frame.reset_index(drop=True)
