@@ -117,15 +117,27 @@ class _TooLarge(Exception):
     pass
 
 
+def served_run_dir(run) -> Path:
+    """--run: a finished run (config, tokenizer, token store and weights), checked before the server starts, not at
+    the first request."""
+    from ..run import check_run_dir
+
+    try:
+        return check_run_dir(run)
+    except MarketGPTError as exc:
+        raise MarketGPTError(f"--run {run}: not a finished run ({exc})") from None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app on `settings.db` (default: SQLite in the data dir), its schema migrated on start."""
     settings = settings or Settings()
     token = settings.token if settings.token is not None else os.environ.get(TOKEN_ENV) or None
-    engine = open_db(settings.db, settings.data_dir)
-    run_dir = Path(settings.run) if settings.run else None
-    if run_dir is not None and not (run_dir / "best_model.pt").is_file():
-        raise MarketGPTError(f"--run {run_dir}: no best_model.pt, not a finished run")
+    run_dir = served_run_dir(settings.run) if settings.run else None
+    if settings.backtest and not (Path(settings.backtest) / "equity.png").is_file():
+        raise MarketGPTError(f"--backtest {settings.backtest}: no equity.png there (give the -o folder of "
+                             f"`marketgpt backtest`)")
     backtest = Path(settings.backtest) if settings.backtest else (run_dir / "backtest" if run_dir else None)
+    engine = open_db(settings.db, settings.data_dir)
     compute = threading.Lock()
     forecaster = {}
 

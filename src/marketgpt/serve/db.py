@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from ..config import writable_dir
 from ..errors import MarketGPTError
 
 DB_NAME = "marketgpt.db"
@@ -120,25 +121,36 @@ def shown(url) -> str:
         return str(url).split("@")[-1]
 
 
-def open_db(url: str | None = None, data_dir=None) -> Engine:
+def open_db(url: str | None = None, data_dir=None, create: bool = True) -> Engine:
     """An engine on `url` (default: SQLite in the data dir) with the schema migrated to the newest version.
-    A URL that is malformed, names an unknown dialect or reaches no server raises one line naming it."""
+    A URL that is malformed, names a database other than SQLite or PostgreSQL, or reaches no server raises one line
+    naming it. An in-memory SQLite is refused (the log would vanish with the command), and so, with create=False
+    (the commands that read a log: outcomes, monitor), is a SQLite file that does not exist: a mistyped --data-dir
+    must not report an empty new log."""
     url = url or default_url(data_dir)
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise MarketGPTError(f"--db {shown(url)}: not a database URL (sqlite:///PATH or "
                              f"postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MarketGPTError(f"--db {shown(url)}: cannot create {folder}: {exc.strerror}") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise MarketGPTError(f"--db {shown(url)}: unknown database dialect '{parsed.drivername}' for the signal log, "
+                             f"which is SQLite (sqlite:///PATH) or PostgreSQL "
+                             f"(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise MarketGPTError(f"--db {shown(url)}: an in-memory database keeps nothing after the command; give a "
+                                 f"file, sqlite:///PATH")
+        path = Path(parsed.database)
+        if not path.exists():
+            if not create:
+                raise MarketGPTError(f"--db {shown(url)}: no signal log at {path} (log signals first: marketgpt "
+                                     f"signals RUN_DIR --log, with the same --db or --data-dir)")
+            writable_dir(path.parent, "signal log (--db)")
     try:
         engine = create_engine(parsed, **({"connect_args": {"connect_timeout": 10}}
                                           if parsed.get_backend_name() == "postgresql" else {}))
-    except (NoSuchModuleError, ArgumentError) as exc:
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         raise MarketGPTError(f"--db {shown(url)}: unknown database dialect "
                              f"'{parsed.drivername}' ({str(exc).splitlines()[0]})") from None
     if engine.dialect.name == "sqlite":

@@ -60,7 +60,11 @@ def closes_of(universe: str, symbols: list[str], provider: str, data_dir):
 def fill_outcomes(url: str | None = None, provider: str | None = None, data_dir=None, engine=None) -> OutcomeReport:
     """Fill the outcome of every pending signal whose horizon has passed in the data; one transaction.
     provider / data_dir override where each forecast run read its history."""
-    engine = engine or open_db(url, data_dir)
+    if provider is not None:   # a mistyped provider is named once, before any signal is looked at
+        from ..data import check_provider
+
+        check_provider(provider)
+    engine = engine or open_db(url, data_dir, create=False)
     filled, pending, failed = 0, 0, {}
     with session(engine) as s, s.begin():
         rows = s.execute(select(Signal, ForecastRun).join(ForecastRun, Signal.run_id == ForecastRun.id)

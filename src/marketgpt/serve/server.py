@@ -7,6 +7,26 @@ import sys
 from ..config import POSITIVE, Range, bounded
 
 
+def check_listen(host: str, port: int) -> None:
+    """The address resolves and the port is free, checked before the app starts: uvicorn would report either only
+    as log lines after its startup messages."""
+    import socket
+
+    from ..errors import MarketGPTError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MarketGPTError(f"--host {host}: not an address of this machine ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise MarketGPTError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+
+
 def serve(db=None, data_dir=None, run=None, universe=None, provider=None, backtest=None, host: str = "127.0.0.1",
           port: int = 8000, protect_reads: bool = False, max_samples: int = 2048, max_horizon: int = 63) -> None:
     """Run the API until interrupted (what the command does, from Python)."""
@@ -14,6 +34,7 @@ def serve(db=None, data_dir=None, run=None, universe=None, provider=None, backte
 
     from .api import TOKEN_ENV, Settings, create_app
 
+    check_listen(host, port)
     app = create_app(Settings(db=db, data_dir=data_dir, run=run, universe=universe, provider=provider,
                               backtest=backtest, protect_reads=protect_reads, max_samples=max_samples,
                               max_horizon=max_horizon))
