@@ -85,9 +85,10 @@ class SlurmOptions:
     overrides: list[str] = field(default_factory=list)   # --set section.key=value for the trainer
     python: str = sys.executable
 
-    def check(self) -> None:
+    def check(self, *paths: tuple[str, object]) -> None:
         """Every value is checked before it is written into the script: numbers in range, and each text that
-        becomes an #SBATCH or shell line through `check_text` (no newline, no shell syntax in SLURM names)."""
+        becomes an #SBATCH or shell line through `check_text` (no newline, no shell syntax in SLURM names), with
+        the (option, path) pairs of the paths the script names (a newline would end a comment and start a command)."""
         for option, value, pattern, expected in (
                 ("--partition", self.partition, SLURM_NAMES, "partition names separated by commas"),
                 ("--account", self.account, SLURM_NAME, "an account name"),
@@ -95,7 +96,8 @@ class SlurmOptions:
                 ("--gpu-type", self.gpu_type or None, SLURM_NAME, "a GRES type such as a100"),
                 ("--log-dir", self.log_dir, PLAIN_PATH, "a path without spaces"),
                 ("--run-dir", self.run_dir, None, ""), ("--python", self.python, None, ""),
-                *(("--set", text, None, "") for text in self.overrides)):
+                *(("--set", text, None, "") for text in self.overrides),
+                *((option, None if path is None else str(path), None, "") for option, path in paths)):
             if value is not None:
                 check_text(value, option, pattern, expected)
         if self.nodes < 1:
@@ -245,7 +247,7 @@ def job_script(cfg_path: str | Path, options: SlurmOptions | None = None, script
     """The sbatch script that trains `cfg_path` with `options` (the config is checked; paths in the script are
     relative to the submit directory, except the config, which is absolute)."""
     options = options or SlurmOptions()
-    options.check()
+    options.check(("CONFIG", cfg_path), ("-o", script_path))
     cfg = _load(cfg_path, options.overrides)
     case = _case_name(options.job_name or cfg.name)
     config = Path(cfg_path).resolve()

@@ -128,7 +128,7 @@ def write_scripts(cfg_path, options: SlurmOptions, wf: dict, wf_dir=None, output
     from .cluster_launch import check_data
     from .walkforward import default_out, make_plan, read_plan
 
-    options.check()
+    options.check(("CONFIG", cfg_path), ("--wf-dir", wf_dir), ("-o", output))
     if str(output) == "-":
         raise MarketGPTError("--walkforward writes two scripts (the array and the stitch job); give -o a path, not -")
     if options.nodes != 1 or options.gpus_per_node > 1:
