@@ -106,7 +106,7 @@ class Range:
     def __contains__(self, value) -> bool:
         try:
             finite = math.isfinite(value)
-        except OverflowError:   # an integer too large for a float
+        except (OverflowError, TypeError):   # an integer too large for a float; not a number
             return False
         if not finite or (value <= self.lo if self.lo_open else value < self.lo):
             return False
@@ -147,7 +147,8 @@ RANGES = {
 def check_number(value, rng: Range, where: str):
     """`value` if it lies in `rng`, else a one-line error naming `where` it came from."""
     if value not in rng:
-        raise MarketGPTError(f"{where} must be {rng}, got {value}")
+        shown = value if isinstance(value, (int, float)) else f"{type(value).__name__} {value!r}"
+        raise MarketGPTError(f"{where} must be {rng}, got {shown}")
     return value
 
 

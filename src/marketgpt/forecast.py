@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .config import check_date
+from .data.universe import CATEGORIES
 from .data.validate import validate_candles
 from .errors import MarketGPTError
 from .run import load_run
@@ -243,6 +244,8 @@ class Forecaster:
             return self.asset_ids[symbol], self.category_ids[self.category_of[symbol]], True
         if not self.can_forecast_new:
             raise MarketGPTError(f"{symbol} is not one of the run's assets: {self.why_not_new()}")
+        if category is not None and category not in self.category_ids and category not in CATEGORIES:
+            raise MarketGPTError(f"{symbol}: unknown category {category!r} (known: {', '.join(CATEGORIES)})")
         cat = self.category_ids.get(category, self.model.unknown_category)
         return self.model.unknown_asset, cat, False
 
@@ -259,8 +262,11 @@ class Forecaster:
         from .generate import Prompt, sample_paths
 
         horizon, num_samples, max_batch = _check_request(horizon, num_samples, max_batch, temperature, top_p, seed)
-        if not isinstance(candles, pd.DataFrame):
-            raise MarketGPTError(f"candles must be a pandas DataFrame, got {type(candles).__name__}")
+        if not isinstance(candles, pd.DataFrame) or candles.empty:
+            raise MarketGPTError("candles must be a pandas DataFrame with rows, got " + (
+                "an empty frame" if isinstance(candles, pd.DataFrame) else type(candles).__name__))
+        if categories is not None and not isinstance(categories, dict):
+            raise MarketGPTError(f"categories must be a dict of symbol -> category, got {type(categories).__name__}")
         missing = [c for c in ("symbol", "date", *PRICE_COLUMNS) if c not in candles.columns]
         if missing:
             raise MarketGPTError(f"candle frame: missing column(s) {', '.join(missing)}; expected symbol, date, "
@@ -331,9 +337,12 @@ def _as_of(as_of):
     if isinstance(as_of, str):
         return pd.Timestamp(check_date(as_of.strip(), "as-of date"))
     try:
-        return pd.Timestamp(as_of).normalize()
+        stamp = pd.Timestamp(as_of)
     except (TypeError, ValueError):
-        raise MarketGPTError(f"as-of date {as_of!r} is not a date (expected YYYY-MM-DD)") from None
+        stamp = pd.NaT
+    if pd.isna(stamp):   # NaN and NaT read as "not a time", which no candle is up to
+        raise MarketGPTError(f"as-of date {as_of!r} is not a date (expected YYYY-MM-DD)")
+    return stamp.normalize()
 
 
 def _check_request(horizon, num_samples, max_batch, temperature, top_p, seed) -> tuple[int, int, int | None]:

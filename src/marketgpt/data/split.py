@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..config import SHARE, check_number
+from ..config import RANGES, SHARE, check_number
 from ..errors import MarketGPTError
 
 SPLITS = ("train", "val", "test")
@@ -56,6 +56,7 @@ class TimeSplit:
 
 
 def _counted(candles: pd.DataFrame, train_end, val_end, embargo_days: int) -> TimeSplit:
+    check_number(embargo_days, RANGES["data.embargo_days"], "time split: embargo_days")
     labels = TimeSplit(train_end, val_end, {}, embargo_days).assign(candles.date)
     counts = {name: int((labels == k).sum()) for k, name in enumerate(SPLITS)}
     if embargo_days:
