@@ -274,6 +274,8 @@ def check_cell(cell: str, value, fmt: str):
         decimals = int(re.search(r"\.(\d+)", fmt).group(1))
         if fmt.endswith("g"):
             assert float(cell) == pytest.approx(value, rel=10.0 ** (1 - decimals))
+        elif fmt.endswith("%"):
+            assert cell.endswith("%") and abs(float(cell[:-1]) / 100 - value) <= 0.51 * 10.0 ** -(decimals + 2)
         else:
             assert abs(float(cell) - value) <= 0.51 * 10.0 ** -decimals
     else:
