@@ -268,7 +268,7 @@ def test_asset_dropout_is_deterministic_per_step_and_hides_the_stated_share(tmp_
     assert not (category & ~asset).any()
     trainer.state.global_step += 1
     assert not np.array_equal(asset, trainer.hidden_ids(40_000)[0])
-    x, y, mask, a, c = trainer.batch(trainer.train_windows[:4], (np.array([True, False, True, False]),
+    x, y, mask, a, c, _ = trainer.batch(trainer.train_windows[:4], (np.array([True, False, True, False]),
                                                                    np.array([True, False, False, False])))
     n = len(trainer.store.symbols)
     assert a[0] == n and a[2] == n and a[1] < n and c[0] == len(trainer.store.category_names) and c[2] < c[0]

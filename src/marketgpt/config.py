@@ -28,6 +28,7 @@ class ModelConfig:
     asset_embed_dim: int = 32
     category_embed_dim: int = 16
     use_volume: bool = False
+    scale_lambda: float = 0.0       # 0: no scale; in (0, 1): the EWMA decay of the volatility scale (tokenizer_scale.py)
 
 
 @dataclass
@@ -129,6 +130,7 @@ RANGES = {
                                          "asset_embed_dim", "category_embed_dim")},
     "model.vocab_size": Range(2, 65536, text="in [2, 65536] (tokens are stored as uint16)"),
     "model.dropout": FRACTION,
+    "model.scale_lambda": Range(0, 1, hi_open=True, text="0 (no scale) or in (0, 1)"),
     **{f"training.{k}": POSITIVE for k in ("batch_size", "learning_rate", "epochs", "early_stopping_patience",
                                             "gradient_clip", "checkpoint_every", "keep_checkpoints")},
     "training.weight_decay": Range(0),

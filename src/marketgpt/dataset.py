@@ -33,6 +33,7 @@ class TokenStore:
     symbols: list[str]
     categories: list[str]   # category of each asset
     category_names: list[str]
+    sigma: np.ndarray | None = None   # (N,) float64: the scale of each row (tokenizer_scale.py); None without one
 
     @property
     def category_ids(self) -> np.ndarray:
@@ -48,6 +49,8 @@ class TokenStore:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("tokens", "asset", "split", "returns"):
             np.save(folder / f"{name}.npy", getattr(self, name))
+        if self.sigma is not None:
+            np.save(folder / "sigma.npy", self.sigma)
         np.save(folder / "dates.npy", self.dates.astype("datetime64[D]").astype(np.int64))
         (folder / "assets.json").write_text(json.dumps(
             {"symbols": self.symbols, "categories": self.categories, "category_names": self.category_names}))
@@ -59,6 +62,8 @@ class TokenStore:
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode=mode, allow_pickle=False)
                   for n in ("tokens", "asset", "split", "returns")}
         dates = np.load(folder / "dates.npy", allow_pickle=False).astype("datetime64[D]")
+        if (folder / "sigma.npy").exists():    # a store without it: a tokenizer without a scale
+            arrays["sigma"] = np.load(folder / "sigma.npy", mmap_mode=mode, allow_pickle=False)
         return cls(dates=dates, **arrays, **meta)
 
 
@@ -75,7 +80,8 @@ def build_store(candles: pd.DataFrame, universe: pd.DataFrame, tokenizer: Candle
     returns = np.log(close[rows] / close[rows - 1])       # rows never hold an asset's first candle
     return TokenStore(tokens.astype(np.uint16), frame._asset.to_numpy()[rows].astype(np.int32),
                       split.assign(dates).astype(np.int8), dates, returns, symbols,
-                      [category_of[s] for s in symbols], sorted({category_of[s] for s in symbols}))
+                      [category_of[s] for s in symbols], sorted({category_of[s] for s in symbols}),
+                      tokenizer.sigma(frame))
 
 
 def make_windows(store: TokenStore, split_name: str, context_length: int) -> np.ndarray:
@@ -111,6 +117,17 @@ def gather_sequences(store: TokenStore, windows: np.ndarray, context_length: int
     target_rows = rows[:, 1:]
     mask = (target_rows >= windows[:, 1:2]) & (target_rows < windows[:, 2:3])
     return seq, mask, windows[:, 3]
+
+
+def gather_scale(store: TokenStore, windows: np.ndarray, context_length: int) -> np.ndarray | None:
+    """The model's scale input (B, T) float32 of a batch of windows, or None for a store without a scale: at input
+    position t, the scale of the candle it predicts (rows start+1..start+T), known from the returns up to t."""
+    if store.sigma is None:
+        return None
+    from .tokenizer_scale import model_input
+
+    rows = windows[:, :1] + np.arange(1, context_length + 1)
+    return model_input(np.asarray(store.sigma[rows.ravel()])).reshape(rows.shape).astype(np.float32)
 
 
 def gather(store: TokenStore, windows: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,18 +170,23 @@ def load_split_candles(data_cfg) -> tuple[pd.DataFrame, pd.DataFrame, TimeSplit]
     return universe, candles, time_split(candles, data_cfg.train_ratio, data_cfg.val_ratio, data_cfg.embargo_days)
 
 
-def fit_tokenizer(candles: pd.DataFrame, split: TimeSplit, vocab_size: int, use_volume: bool) -> CandleTokenizer:
-    """Fit on the training period only, so that nothing of the val and test candles reaches the bins."""
-    return CandleTokenizer(vocab_size, use_volume).fit(candles[split.assign(candles.date) == 0])
+def fit_tokenizer(candles: pd.DataFrame, split: TimeSplit, vocab_size: int, use_volume: bool,
+                  scale_lambda: float = 0.0) -> CandleTokenizer:
+    """Fit on the training period only, so that nothing of the val and test candles reaches the bins (nor the
+    scale's prior)."""
+    return CandleTokenizer(vocab_size, use_volume, scale_lambda=scale_lambda).fit(candles[split.assign(candles.date) == 0])
 
 
 def prepare_dataset(cfg, tokenizer: CandleTokenizer | None = None) -> Prepared:
     """Load candles, split them in time, fit the tokenizer on the training period only, and encode everything."""
     universe, candles, split = load_split_candles(cfg.data)
     if tokenizer is None:
-        tokenizer = fit_tokenizer(candles, split, cfg.model.vocab_size, cfg.model.use_volume)
+        tokenizer = fit_tokenizer(candles, split, cfg.model.vocab_size, cfg.model.use_volume, cfg.model.scale_lambda)
     elif tokenizer.vocab_size != cfg.model.vocab_size:
         raise MarketGPTError(f"tokenizer vocab_size {tokenizer.vocab_size} != model.vocab_size {cfg.model.vocab_size}")
+    elif tokenizer.scale_lambda != cfg.model.scale_lambda:
+        raise MarketGPTError(f"tokenizer scale_lambda {tokenizer.scale_lambda} != model.scale_lambda "
+                             f"{cfg.model.scale_lambda}")
     volume = candles.volume.fillna(0).ne(0).groupby(candles.symbol, sort=False).any()
     no_volume = [str(s) for s, has in volume.items() if not has] if tokenizer.use_volume else []
     return Prepared(universe, split, tokenizer, build_store(candles, universe, tokenizer, split), no_volume)

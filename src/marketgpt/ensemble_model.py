@@ -29,9 +29,9 @@ class Ensemble(nn.Module):
         """The first member's token table: where the weights live (Forecaster.device) and their dtype."""
         return self.members[0].tok_emb
 
-    def forward(self, tokens, asset, category, targets=None, mask=None):
+    def forward(self, tokens, asset, category, targets=None, mask=None, scale=None):
         """(log-probabilities (B, T, n, V) of the pool, mean cross-entropy or None): see the module docstring."""
-        logp = torch.stack([torch.log_softmax(m(tokens, asset, category, targets)[0].float(), dim=-1)
+        logp = torch.stack([torch.log_softmax(m(tokens, asset, category, targets, scale=scale)[0].float(), dim=-1)
                             for m in self.members])                                     # (M, B, T, n, V)
         if targets is None:
             return torch.logsumexp(logp, dim=0) - math.log(len(self.members)), None
@@ -45,7 +45,7 @@ class Ensemble(nn.Module):
         return pooled, loss
 
     def sample_paths(self, prompts, horizon, num_samples, seed=0, temperature=None, top_p=None, max_batch=None,
-                     use_cache=True, on_step=None):
+                     use_cache=True, on_step=None, path_scale=None):
         """generate.sample_paths with each path from one member: see the module docstring."""
         from .generate import sample_paths
 
@@ -58,7 +58,7 @@ class Ensemble(nn.Module):
                 continue
             member_seed = int(np.random.SeedSequence([seed, m]).generate_state(1, np.uint64)[0] >> 1)
             paths = sample_paths(member, prompts, horizon, share, member_seed, temperature, top_p, max_batch,
-                                 use_cache, on_step)
+                                 use_cache, on_step, path_scale)
             for i, drawn in enumerate(paths):
                 out[i][owners[i] == m] = drawn
         return out

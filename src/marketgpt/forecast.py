@@ -29,6 +29,7 @@ from .data.universe import CATEGORIES
 from .data.validate import validate_candles
 from .errors import MarketGPTError
 from .run import load_run
+from .tokenizer_scale import model_input
 
 #: the longest horizon a forecast may ask for: a year of trading days. Longer paths are re-primed many times over
 #: and say little; the bound also keeps a request's memory predictable.
@@ -259,7 +260,7 @@ class Forecaster:
         Forecast.failed with the reason; the others are forecast. on_step(n): progress, n candles sampled (of
         assets x num_samples x horizon). temperature None: the run's model as evaluation scores it (its calibrated
         close temperature, if any); a number replaces that temperature on every channel (generate.py)."""
-        from .generate import Prompt, sample_paths
+        from .generate import PathScale, Prompt, sample_paths
 
         horizon, num_samples, max_batch = _check_request(horizon, num_samples, max_batch, temperature, top_p, seed)
         if not isinstance(candles, pd.DataFrame) or candles.empty:
@@ -287,14 +288,14 @@ class Forecaster:
                 failed[symbol] = str(exc)
                 continue
             prompts.append(Prompt(info.pop("tokens"), info["asset_id"], info["category_id"],
-                                  zlib.crc32(symbol.encode())))
+                                  zlib.crc32(symbol.encode()), info.pop("scale"), info["sigma"]))
             infos.append(info)
         if len(prompts) * num_samples * horizon * 4 > MAX_PATH_VALUES:
             raise MarketGPTError(f"{len(prompts)} assets x {num_samples} samples x {horizon} days need "
                                  f"{len(prompts) * num_samples * horizon * 32 / 2**30:.1f} GiB of paths (limit "
                                  f"{MAX_PATH_VALUES * 8 / 2**30:.0f} GiB); ask for fewer samples or assets")
         paths = sample_paths(self.model, prompts, horizon, num_samples, seed, temperature, top_p, max_batch,
-                             on_step=on_step) if prompts else []
+                             on_step=on_step, path_scale=PathScale.of(self.tokenizer)) if prompts else []
         assets = {}
         for info, tokens in zip(infos, paths):
             hist = info["history"]
@@ -303,11 +304,13 @@ class Forecaster:
             calendar = calendar_of(hist.date, info["category"])
             assets[info["symbol"]] = AssetForecast(
                 info["symbol"], info["category"], as_of_date, last_close, future_dates(as_of_date, horizon, calendar),
-                self.tokenizer.decode_paths(tokens, last_close), info["known"], calendar, hist)
+                self.tokenizer.decode_paths(tokens, last_close, info["sigma"]), info["known"], calendar, hist)
         return Forecast(assets, failed, horizon, num_samples, self.name, seed)
 
     def _prepare(self, symbol: str, frame: pd.DataFrame, cutoff, category: str | None) -> dict:
-        """Validated history up to the cutoff and its tokens (the last context_length of them)."""
+        """Validated history up to the cutoff and its tokens (the last context_length of them); for a scaled
+        tokenizer also the model's scale inputs and sigma of the next candle, from the whole history (the EWMA starts
+        at the asset's first candle, as in training)."""
         columns = ["date", *PRICE_COLUMNS] + (["volume"] if "volume" in frame.columns else [])
         clean, _ = validate_candles(frame[columns], f"candles of {symbol}")
         if len(clean) and cutoff is not None:
@@ -324,10 +327,16 @@ class Forecaster:
         # the candles behind the last context_length tokens; the volume feature's trailing mean also needs the
         # volume window before them
         extra = self.tokenizer.volume_window if self.tokenizer.use_volume else 0
-        history = clean.tail(self.cfg.model.context_length + 1 + extra).reset_index(drop=True)
-        tokens = self.tokenizer.encode(history)[-self.cfg.model.context_length:]
+        T = self.cfg.model.context_length
+        history = clean if self.tokenizer.scaled else clean.tail(T + 1 + extra)
+        history = history.reset_index(drop=True)
+        tokens = self.tokenizer.encode(history)[-T:]
+        scale, sigma = None, self.tokenizer.next_sigma(history)
+        if sigma is not None:
+            scale = model_input(np.append(self.tokenizer.sigma(history)[1:], sigma))[-T:]
         return {"symbol": symbol, "tokens": tokens, "asset_id": asset_id, "category_id": category_id, "known": known,
-                "category": self.category_of.get(symbol, category), "history": clean.reset_index(drop=True)}
+                "category": self.category_of.get(symbol, category), "history": clean.reset_index(drop=True),
+                "scale": scale, "sigma": sigma}
 
 
 def _as_of(as_of):

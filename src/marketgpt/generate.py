@@ -17,6 +17,12 @@ depend on max_batch, on the device, nor on which other assets are in the request
 top_p None) samples the model's density as evaluation scores it: with the run's calibrated close temperature, if it
 has one (calibration.py). A number t replaces it: every channel's logits as trained, divided by t (0: argmax);
 top_p keeps the smallest set of tokens whose probability reaches top_p.
+
+**Scale.** A model of a scaled tokenizer (tokenizer_scale.py) takes at each position the log scale of the candle it
+predicts. A prompt then carries those inputs and sigma, the scale of the first candle to sample; each path carries its
+own sigma, updated after every sampled candle by the tokenizer's EWMA recursion with that candle's close return
+(its close token's decode value times sigma), so the next position gets the path's own scale, and
+`CandleTokenizer.decode_paths(tokens, last_close, sigma)` runs the same recursion to decode the path.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import tokenizer_scale
 from .model import MarketGPT
 
 
@@ -38,6 +45,20 @@ class Prompt:
     asset: int
     category: int
     key: int
+    scale: np.ndarray | None = None   # (n,) the model's scale input at each position, for a scaled tokenizer
+    sigma: float | None = None        # the scale of the first candle to sample
+
+
+@dataclass
+class PathScale:
+    """What sampling needs of a scaled tokenizer: its EWMA decay and the close channel's decode values (sigma units)."""
+
+    lam: float
+    close_values: np.ndarray
+
+    @classmethod
+    def of(cls, tokenizer) -> "PathScale | None":
+        return cls(tokenizer.scale_lambda, tokenizer.bin_values("close")) if tokenizer.scaled else None
 
 
 #: memory for the KV cache of one chunk of paths when max_batch is not given. A path's cache holds keys and values of
@@ -90,7 +111,7 @@ def _sample_candle(model: MarketGPT, h: torch.Tensor, u: torch.Tensor, temperatu
 
 def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, int, int]], first: int, keep: int,
                  horizon: int, uniforms: dict[int, np.ndarray], temperature: float | None, top_p: float | None,
-                 use_cache: bool, on_step: Callable[[int], None] | None) -> np.ndarray:
+                 use_cache: bool, on_step: Callable[[int], None] | None, path_scale: PathScale | None) -> np.ndarray:
     """Sample the rows (prompt index, first path, last path) of one chunk, all with prompts of length `first`."""
     device = model.tok_emb.weight.device
     T = model.cfg.context_length
@@ -105,17 +126,33 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
     category = torch.tensor([prompts[p].category for p in owners], device=device)
     u = torch.from_numpy(np.concatenate([uniforms[p][a:b] for p, a, b in rows])).to(device)   # (B, H, C)
     index = torch.from_numpy(owner_index).to(device)
+    sc = d_sc = sigma = None
+    if path_scale is not None:   # the model's scale inputs along each path, and each path's sigma (float64)
+        d_sc = torch.from_numpy(np.stack([prompts[p].scale[-first:] for p in distinct]).astype(np.float32)).to(device)
+        sc = torch.empty(B, first + horizon, dtype=torch.float32, device=device)
+        sc[:, :first] = d_sc[index]
+        sigma = torch.tensor([prompts[p].sigma for p in owners], dtype=torch.float64, device=device)
+        values = torch.from_numpy(path_scale.close_values).to(device)
+
+    def inputs(a: int, b: int):
+        return None if sc is None else sc[:, a:b]
+
     if use_cache:   # each distinct prompt is encoded once per chunk and its cache shared by its paths there
         d_asset = torch.tensor([prompts[p].asset for p in distinct], device=device)
         d_category = torch.tensor([prompts[p].category for p in distinct], device=device)
         cache = model.new_cache(len(distinct))
-        h = model.hidden(heads, d_asset, d_category, cache)[:, -1].index_select(0, index)
+        h = model.hidden(heads, d_asset, d_category, cache, scale=d_sc)[:, -1].index_select(0, index)
         cache = cache.select(index)
     else:
-        h = model.hidden(seq[:, :first], asset, category)[:, -1]
+        h = model.hidden(seq[:, :first], asset, category, scale=inputs(0, first))[:, -1]
     start, length = 0, first
     for step in range(horizon):
         seq[:, length] = _sample_candle(model, h, u[:, step], temperature, top_p)
+        if sc is not None:
+            r2 = torch.clamp((values[seq[:, length, 0]] * sigma) ** 2, max=tokenizer_scale.MAX_MOVE ** 2)
+            sigma = torch.sqrt(torch.clamp(path_scale.lam * sigma ** 2 + (1 - path_scale.lam) * r2,
+                                           min=tokenizer_scale.FLOOR ** 2))
+            sc[:, length] = torch.log(sigma / tokenizer_scale.REFERENCE).float()
         length += 1
         if on_step is not None:
             on_step(B)
@@ -125,27 +162,29 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
         if reprime:
             start = length - keep
         if not use_cache:
-            h = model.hidden(seq[:, start:length], asset, category)[:, -1]
+            h = model.hidden(seq[:, start:length], asset, category, scale=inputs(start, length))[:, -1]
         elif reprime:
             cache = model.new_cache(B)
-            h = model.hidden(seq[:, start:length], asset, category, cache)[:, -1]
+            h = model.hidden(seq[:, start:length], asset, category, cache, scale=inputs(start, length))[:, -1]
         else:
-            h = model.hidden(seq[:, length - 1:length], asset, category, cache)[:, -1]
+            h = model.hidden(seq[:, length - 1:length], asset, category, cache, scale=inputs(length - 1, length))[:, -1]
     return seq[:, first:].cpu().numpy()
 
 
 @torch.inference_mode()
 def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samples: int, seed: int = 0,
                  temperature: float | None = None, top_p: float | None = None, max_batch: int | None = None,
-                 use_cache: bool = True, on_step: Callable[[int], None] | None = None) -> list[np.ndarray]:
+                 use_cache: bool = True, on_step: Callable[[int], None] | None = None,
+                 path_scale: PathScale | None = None) -> list[np.ndarray]:
     """Token paths (num_samples, horizon, C) int64 for each prompt, in eval mode (the previous mode is restored).
 
     All paths of all prompts go through the model together, max_batch paths at a time (default: as many as fit a
     KV cache of KV_BUDGET_BYTES); prompts are grouped by prompt length (see window_plan). on_step(n) is called with the number of candles sampled at each step of a
-    chunk: they add up to len(prompts) * num_samples * horizon."""
+    chunk: they add up to len(prompts) * num_samples * horizon. path_scale (PathScale.of(tokenizer)): a scaled
+    tokenizer's recursion; its prompts carry scale and sigma."""
     if hasattr(model, "sample_paths"):     # an ensemble: each path from one member (ensemble.py)
         return model.sample_paths(prompts, horizon, num_samples, seed, temperature, top_p, max_batch, use_cache,
-                                  on_step)
+                                  on_step, path_scale)
     max_batch = default_max_batch(model) if max_batch is None else max_batch
     if horizon < 1 or num_samples < 1 or max_batch < 1:
         raise ValueError(f"horizon, num_samples and max_batch must be >= 1, got {horizon}, {num_samples}, {max_batch}")
@@ -168,7 +207,7 @@ def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samp
             for p, a, b in rows + [(-1, 0, 0)]:
                 if chunk and (p < 0 or filled + (b - a) > max_batch):
                     paths = _chunk_paths(model, prompts, chunk, first, keep, horizon, uniforms, temperature, top_p,
-                                         use_cache, on_step)
+                                         use_cache, on_step, path_scale)
                     offset = 0
                     for q, qa, qb in chunk:
                         out[q][qa:qb] = paths[offset:offset + qb - qa]

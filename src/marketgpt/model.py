@@ -152,6 +152,8 @@ class MarketGPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, D)
         self.register_buffer("offsets", torch.arange(C) * V, persistent=False)
         self.meta_proj = nn.Linear(cfg.asset_embed_dim + cfg.category_embed_dim, D)
+        # the log volatility scale of the candle each position predicts (tokenizer_scale.py), for scaled tokenizers
+        self.scale_proj = nn.Linear(1, D) if cfg.scale_lambda > 0 else None
         self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(D)
@@ -178,8 +180,9 @@ class MarketGPT(nn.Module):
 
     # --- trunk ------------------------------------------------------------------------------------
     def hidden(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
-               cache: KVCache | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
         """Final-LayerNorm hidden states (B, T, d_model) of candles tokens (B, T, C); h[:, t] sees candles <= t.
+        scale (B, T): the scale input of each position (dataset.gather_scale), required by a model with scale_proj.
 
         With a KV cache (see new_cache) the tokens continue the cached ones: an empty cache takes a whole prompt,
         after that one candle per call, at position cache.length."""
@@ -191,6 +194,11 @@ class MarketGPT(nn.Module):
             raise ValueError(f"tokens have {C} channels, the model {self.num_channels}")
         meta = self.meta_proj(torch.cat([self.asset_emb(asset), self.category_emb(category)], dim=-1))   # (B, D)
         x = self.tok_emb(tokens + self.offsets).sum(2) + self.pos_emb.weight[start:start + T] + meta[:, None]
+        if self.scale_proj is not None:
+            if scale is None or scale.shape != tokens.shape[:2]:
+                raise ValueError(f"the model takes a scale input shaped like the tokens' {tuple(tokens.shape[:2])}, got "
+                                 f"{None if scale is None else tuple(scale.shape)}")
+            x = x + self.scale_proj(scale.unsqueeze(-1).to(x.dtype))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if cache is not None:
@@ -239,8 +247,8 @@ class MarketGPT(nn.Module):
         return logits / self.close_temperature if calibrated and k == 0 and self.close_temperature != 1.0 else logits
 
     def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
-                targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                targets: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, loss). With targets (B, T, C) = candle t+1 at each t: teacher-forced logits (B, T, C, V) and the
         mean cross-entropy over channels and the positions where mask (B, T) is true (all positions without a mask).
         Without targets: the close channel's logits (B, T, 1, V) (the other channels need the earlier channels of the
@@ -249,7 +257,7 @@ class MarketGPT(nn.Module):
         The (B, T, C, V) logits are a permuted view of a contiguous (C, B, T, V) buffer, so the loss is computed in
         that layout (targets permuted the same way) without copying the logits.
         """
-        logits = self.channel_logits(self.hidden(tokens, asset, category), targets)
+        logits = self.channel_logits(self.hidden(tokens, asset, category, scale=scale), targets)
         if targets is None:
             return logits, None
         V = logits.shape[-1]

@@ -14,57 +14,15 @@ import numpy as np
 import pandas as pd
 
 from .errors import MarketGPTError
-from .tokenizer_bins import NONNEGATIVE, VOLUME_CLIP, Bucketizer, fit_channel, map_channels, placement
+from . import tokenizer_scale as scale
+from .tokenizer_bins import NONNEGATIVE, Bucketizer, fit_channel, map_channels, placement
+from .tokenizer_features import as_float, asset_starts, check_date_order, volume_feature
 
 __all__ = ["CandleTokenizer"]
 
 FORMAT = "marketgpt-tokenizer"
 PRICE_CHANNELS = ("close", "open", "upper", "lower")
 _PRICE_COLUMNS = ("open", "high", "low", "close")
-
-def _as_float(frame: pd.DataFrame, column: str) -> np.ndarray:
-    try:
-        return frame[column].to_numpy(dtype=np.float64)
-    except KeyError:
-        raise MarketGPTError(f"candle frame has no column {column!r} (columns: {list(frame.columns)})") from None
-
-
-def _asset_starts(frame: pd.DataFrame) -> np.ndarray:
-    """Bool mask: True at the first row of each asset (frame sorted by symbol then date)."""
-    n = len(frame)
-    first = np.zeros(n, dtype=bool)
-    if n == 0:
-        return first
-    first[0] = True
-    if "symbol" in frame.columns:
-        sym = frame["symbol"]
-        if isinstance(sym.dtype, pd.CategoricalDtype):
-            codes = sym.cat.codes.to_numpy()
-        else:
-            codes = pd.factorize(sym, sort=False)[0]
-        first[1:] = codes[1:] != codes[:-1]
-        if int(np.count_nonzero(first)) != int(codes.max()) + 1:
-            raise MarketGPTError("candle frame must be sorted by symbol: some symbol's rows are not contiguous")
-    return first
-
-
-def _check_date_order(frame: pd.DataFrame, first: np.ndarray) -> None:
-    """Each feature pairs a candle with the one before it, so within an asset the dates must rise strictly: a
-    descending frame would encode every return reversed, and two candles on one date a return of nothing."""
-    if "date" not in frame.columns or len(frame) < 2:
-        return
-    try:
-        dates = pd.to_datetime(frame["date"], format="ISO8601").to_numpy()
-    except (ValueError, TypeError):
-        raise MarketGPTError("candle frame: the date column holds values that are not dates") from None
-    bad = np.flatnonzero(~first[1:] & ~(dates[1:] > dates[:-1]))
-    if bad.size:
-        i = int(bad[0]) + 1
-        day, before = (pd.Timestamp(d).strftime("%Y-%m-%d") for d in (dates[i], dates[i - 1]))
-        what = "the same date as" if day == before else "earlier than"
-        raise MarketGPTError(f"candle frame row {i}: date {day} is {what} row {i - 1} ({before}); sort each asset by "
-                             f"date and drop duplicate dates first")
-
 
 class CandleTokenizer:
     """Turns daily candles into one token per channel, and tokens back into valid candles.
@@ -115,12 +73,20 @@ class CandleTokenizer:
     (training candles per bin, the training unigram). Encoding is vectorised per channel (channels
     in threads on large inputs; a table-driven bucketizer equal to ``np.searchsorted``).
 
+    **Scale** (``scale_lambda`` in (0, 1); 0, the default, is none): the four price features of candle t are
+    divided by sigma_t, a past-only EWMA of the asset's squared close returns (tokenizer_scale.py), before binning,
+    and the bins are fitted on those z values (the priors of tokenizer_scale.PRIOR_Z). ``decode_values`` are then in
+    sigma units; ``decode``/``decode_paths`` take the sigma of the first decoded candle and run the recursion along
+    the path, so they return prices. ``sigma`` gives sigma per token row, ``next_sigma`` the one of the candle after
+    a history. A file without the ``scale`` field is a tokenizer without one.
+
     The fitted tokenizer is saved as JSON (``save``/``load``), never pickle.
     """
 
     VERSION = 1
 
-    def __init__(self, vocab_size: int = 1024, use_volume: bool = False, volume_window: int = 20):
+    def __init__(self, vocab_size: int = 1024, use_volume: bool = False, volume_window: int = 20,
+                 scale_lambda: float = 0.0):
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 2:
             raise MarketGPTError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
         if isinstance(volume_window, bool) or not isinstance(volume_window, (int, np.integer)) or volume_window < 1:
@@ -128,6 +94,8 @@ class CandleTokenizer:
         self.vocab_size = int(vocab_size)
         self.use_volume = bool(use_volume)
         self.volume_window = int(volume_window)
+        self.scale_lambda = 0.0 if scale_lambda == 0 else scale.check_lambda(scale_lambda)
+        self.scale_prior: float | None = None   # sigma_0, fitted
         self._edges: dict[str, np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
         self._counts: dict[str, np.ndarray] = {}
@@ -144,19 +112,33 @@ class CandleTokenizer:
         return len(self.channels)
 
     @property
+    def scaled(self) -> bool:
+        return self.scale_lambda > 0
+
+    @property
     def fitted(self) -> bool:
         return bool(self._edges)
 
     def __repr__(self) -> str:
         return (f"CandleTokenizer(vocab_size={self.vocab_size}, use_volume={self.use_volume}, "
-                f"volume_window={self.volume_window}, fitted={self.fitted})")
+                f"volume_window={self.volume_window}, scale_lambda={self.scale_lambda}, fitted={self.fitted})")
 
     # ---- features ----
-    def _features_cm(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Features of every candle but each asset's first, channel-major: (C, rows), and their frame positions."""
-        first = _asset_starts(frame)
-        _check_date_order(frame, first)
-        o, h, l, c = (_as_float(frame, k) for k in _PRICE_COLUMNS)
+    def _features_cm(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Features of every candle but each asset's first, channel-major: (C, rows), their frame positions, and
+        their sigma (None without a scale): the price features divided by it."""
+        out, rows, asset = self._raw_features_cm(frame)
+        if not self.scaled:
+            return out, rows, None
+        sigma = scale.ewma_sigma(out[0], asset, self.scale_lambda, self.scale_prior)
+        out[:len(scale.SCALED)] /= sigma
+        return out, rows, sigma
+
+    def _raw_features_cm(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The unscaled features (C, rows), their frame positions and the asset index of each row."""
+        first = asset_starts(frame)
+        check_date_order(frame, first)
+        o, h, l, c = (as_float(frame, k) for k in _PRICE_COLUMNS)
         for name, x in zip(_PRICE_COLUMNS, (o, h, l, c)):
             if not (np.isfinite(x).all() and (x > 0).all()):
                 bad = int(np.flatnonzero(~(np.isfinite(x) & (x > 0)))[0])
@@ -170,50 +152,50 @@ class CandleTokenizer:
         np.log(h[rows] / np.maximum(oo, cc), out=out[2])
         np.log(np.minimum(oo, cc) / l[rows], out=out[3])
         if self.use_volume:
-            out[4] = self._volume_feature(frame, first)[rows]
-        return out, rows
-
-    def _volume_feature(self, frame: pd.DataFrame, first: np.ndarray) -> np.ndarray:
-        v = _as_float(frame, "volume")
-        if not np.isfinite(v).all() or (v < 0).any():
-            bad = int(np.flatnonzero(~(np.isfinite(v) & (v >= 0)))[0])
-            raise MarketGPTError(f"candle frame row {bad}: volume must be finite and >= 0, got {v[bad]}")
-        n, w = v.size, self.volume_window
-        pos = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))  # index within the asset
-        total = np.zeros(n)
-        for lag in range(1, min(w, n - 1) + 1):  # loop over the window, not over candles
-            total[lag:] += v[:-lag]  # exact for rows >= w into their asset; the others are redone below
-        head = np.flatnonzero(pos < w)  # rows whose window reaches the asset start: w per asset
-        total[head] = 0.0
-        for lag in range(1, w + 1):  # same order of additions, terms of other assets left out
-            ok = pos[head] >= lag
-            total[head[ok]] += v[head[ok] - lag]
-        count = np.minimum(pos, w).astype(np.float64)
-        mean = np.divide(total, count, out=np.zeros(n), where=count > 0)
-        with np.errstate(divide="ignore"):
-            feat = np.log(np.divide(v, mean, out=np.ones(n), where=mean > 0))
-        return np.clip(feat, -VOLUME_CLIP, VOLUME_CLIP)
+            out[4] = volume_feature(frame, first, self.volume_window)[rows]
+        return out, rows, np.cumsum(first)[rows] - 1
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
         """Features of one asset's candles: (n - 1, num_channels) float64, rows 1..n-1 of `frame`."""
         if "symbol" in frame.columns and len(frame) and frame["symbol"].nunique() > 1:
             raise MarketGPTError("features/encode take one asset; use encode_frame for a long frame of many assets")
-        feats, _ = self._features_cm(frame)
+        feats, _, _ = self._features_cm(frame)
         return np.ascontiguousarray(feats.T)
+
+    def sigma(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """sigma of each token row of encode_frame(frame) (M,), or None without a scale."""
+        self._check_fitted()
+        return self._features_cm(frame)[2]
+
+    def next_sigma(self, frame: pd.DataFrame) -> float | None:
+        """sigma of the candle after the last of one asset's candles (from their returns only), or None."""
+        self._check_fitted()
+        if not self.scaled:
+            return None
+        feats, _, sigma = self._features_cm(frame)
+        if sigma.size == 0:
+            return self.scale_prior
+        return float(scale.next_sigma(sigma[-1], feats[0, -1] * sigma[-1], self.scale_lambda))
 
     # ---- fit ----
     def fit(self, frame: pd.DataFrame) -> "CandleTokenizer":
         """Fit the bins on a long frame of the training period (features per symbol, pooled)."""
-        feats, _ = self._features_cm(frame)
+        feats, _, asset = self._raw_features_cm(frame)
         if feats.shape[1] == 0:
             raise MarketGPTError("cannot fit the tokenizer: the frame has no asset with two or more candles")
-        fitted = map_channels(lambda k: fit_channel(feats[k], self.vocab_size, self.channels[k]),
+        priors = {}
+        if self.scaled:
+            self.scale_prior = scale.prior_sigma(feats[0], asset)
+            feats[:len(scale.SCALED)] /= scale.ewma_sigma(feats[0], asset, self.scale_lambda, self.scale_prior)
+            priors = scale.PRIOR_Z
+        fitted = map_channels(lambda k: fit_channel(feats[k], self.vocab_size, self.channels[k],
+                                                    prior=priors.get(self.channels[k])),
                                list(range(self.num_channels)), feats.shape[1])
         self._edges = {name: f[0] for name, f in zip(self.channels, fitted)}
         self._values = {name: f[1] for name, f in zip(self.channels, fitted)}
         self._counts = {name: f[2] for name, f in zip(self.channels, fitted)}
         self._buckets = {}
-        self.placement = placement(self.channels)
+        self.placement = placement(self.channels, priors)
         return self
 
     def _check_fitted(self) -> None:
@@ -256,7 +238,7 @@ class CandleTokenizer:
         Same tokens as `encode` per asset; no feature uses two symbols.
         """
         self._check_fitted()
-        feats, rows = self._features_cm(frame)
+        feats, rows, _ = self._features_cm(frame)
         return np.ascontiguousarray(self._encode_cm(feats).T), rows.astype(np.int64)
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
@@ -269,7 +251,8 @@ class CandleTokenizer:
         return tokens.astype(np.int64, copy=False)
 
     def decode_features(self, tokens: np.ndarray) -> np.ndarray:
-        """(m, num_channels) tokens -> (m, num_channels) float64 decode values."""
+        """(m, num_channels) tokens -> (m, num_channels) float64 decode values (price ones in sigma units when
+        scaled)."""
         self._check_fitted()
         tokens = self._check_tokens(tokens)
         out = np.empty(tokens.shape, dtype=np.float64)
@@ -277,24 +260,27 @@ class CandleTokenizer:
             out[:, k] = self._values[name][tokens[:, k]]
         return out
 
-    def decode(self, tokens: np.ndarray, prev_close) -> np.ndarray:
+    def decode(self, tokens: np.ndarray, prev_close, sigma=None) -> np.ndarray:
         """Tokens (m, num_channels) -> (m, 4) float64 candles, columns [open, high, low, close].
 
         `prev_close` scalar: the tokens are a path; each decoded close is the next candle's Cp.
         `prev_close` array (m,): row i uses prev_close[i] (one-step decoding). Volume tokens carry no
-        price and are ignored here. A path whose cumulative move leaves the float64 range raises.
+        price and are ignored here. A path whose cumulative move leaves the float64 range raises. `sigma` (scaled
+        tokenizers only, shaped like prev_close): the scale of the first decoded candle.
         """
         tokens = self._check_tokens(tokens)
         pc = np.asarray(prev_close, dtype=np.float64)
         if pc.ndim == 0:
-            return self.decode_paths(tokens[None], pc)[0]
+            return self.decode_paths(tokens[None], pc, sigma)[0]
         if pc.shape != (tokens.shape[0],):
             raise MarketGPTError(f"prev_close must be a scalar or have shape ({tokens.shape[0]},), got {pc.shape}")
-        return self.decode_paths(tokens[:, None], pc)[:, 0]
+        return self.decode_paths(tokens[:, None], pc, sigma)[:, 0]
 
-    def decode_paths(self, tokens: np.ndarray, prev_close) -> np.ndarray:
+    def decode_paths(self, tokens: np.ndarray, prev_close, sigma=None) -> np.ndarray:
         """Token paths (n, h, num_channels) -> (n, h, 4) float64 candles [open, high, low, close]: path i starts
-        from prev_close (a scalar, or one value per path), each decoded close being the next candle's Cp."""
+        from prev_close (a scalar, or one value per path), each decoded close being the next candle's Cp. A scaled
+        tokenizer needs `sigma`, the scale of each path's first candle (a scalar or one per path); each decoded close
+        return updates it by the EWMA recursion for the next candle."""
         self._check_fitted()
         tokens = np.asarray(tokens)
         if tokens.ndim != 3:
@@ -309,6 +295,9 @@ class CandleTokenizer:
             raise MarketGPTError(f"prev_close must be finite and > 0, got {prev_close!r}")
         with np.errstate(over="ignore", under="ignore"):  # checked below
             f = self.decode_features(tokens.reshape(n * h, c)).reshape(n, h, c)
+            if self.scaled:
+                f[..., :len(scale.SCALED)] *= self._path_sigma(f[..., 0], sigma, n)[..., None]
+                np.clip(f[..., :len(scale.SCALED)], -scale.MAX_MOVE, scale.MAX_MOVE, out=f[..., :len(scale.SCALED)])
             # cumprod keeps each step's ratio C_k / C_{k-1} exact to one rounding
             path = np.cumprod(np.concatenate([pc[:, None], np.exp(f[..., 0])], axis=1), axis=1)
             cp, close = path[:, :-1], path[:, 1:]
@@ -318,6 +307,18 @@ class CandleTokenizer:
             out = np.stack([open_, high, low, close], axis=-1)
         if not (np.isfinite(out).all() and (out > 0).all()):
             raise MarketGPTError("decoded prices leave the float64 range (path too long or prev_close too extreme)")
+        return out
+
+    def _path_sigma(self, z_close: np.ndarray, sigma, n: int) -> np.ndarray:
+        """(n, h) sigma along each path from its first candle's sigma and its close values in sigma units."""
+        s = np.broadcast_to(np.asarray(np.nan if sigma is None else sigma, dtype=np.float64), (n,)).copy()
+        if not (np.isfinite(s).all() and (s > 0).all()):
+            raise MarketGPTError(f"a scaled tokenizer decodes with sigma, the scale of the first candle (a positive "
+                                 f"number or one per path), got {sigma!r}")
+        out = np.empty(z_close.shape)
+        for k in range(z_close.shape[1]):   # a loop over the horizon, vectorised over paths
+            out[:, k] = s
+            s = scale.next_sigma(s, z_close[:, k] * s, self.scale_lambda)
         return out
 
     # ---- bins ----
@@ -350,6 +351,7 @@ class CandleTokenizer:
             "volume_window": self.volume_window,
             "channels": self.channels,
             "bin_placement": self.placement,
+            **({"scale": scale.to_dict(self.scale_lambda, self.scale_prior)} if self.scaled else {}),
             "bins": {name: {"edges": [float(x) for x in self._edges[name]],
                             "values": [float(x) for x in self._values[name]],
                             "train_counts": [int(x) for x in self._counts[name]]}
@@ -367,7 +369,9 @@ class CandleTokenizer:
         try:
             if not isinstance(d["use_volume"], bool):
                 raise MarketGPTError(f"use_volume must be true or false, got {d['use_volume']!r}")
-            tok = cls(d["vocab_size"], d["use_volume"], d["volume_window"])
+            lam, s0 = scale.from_dict(d["scale"]) if "scale" in d else (0.0, None)
+            tok = cls(d["vocab_size"], d["use_volume"], d["volume_window"], lam)
+            tok.scale_prior = s0
             bins = d["bins"]
             if d.get("channels") != tok.channels:
                 raise MarketGPTError(f"channels {d.get('channels')!r} do not match use_volume={tok.use_volume}")

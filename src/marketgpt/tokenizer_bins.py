@@ -38,32 +38,32 @@ EDGE_GRID = 1e-9
 VALUE_MARGIN = 1e-11
 
 
-def _prior_t(channel: str) -> tuple[float, float, float]:
-    lo, hi, scale = PRIOR[channel]
+def _prior_t(prior: tuple[float, float, float]) -> tuple[float, float, float]:
+    lo, hi, scale = prior
     return math.asinh(lo / scale), math.asinh(hi / scale), scale
 
 
-def _prior_cdf(x: np.ndarray, channel: str) -> np.ndarray:
-    t_lo, t_hi, scale = _prior_t(channel)
+def _prior_cdf(x: np.ndarray, prior: tuple) -> np.ndarray:
+    t_lo, t_hi, scale = _prior_t(prior)
     return np.clip((np.arcsinh(x / scale) - t_lo) / (t_hi - t_lo), 0.0, 1.0)
 
 
-def _prior_ppf(p: np.ndarray, channel: str) -> np.ndarray:
-    t_lo, t_hi, scale = _prior_t(channel)
+def _prior_ppf(p: np.ndarray, prior: tuple) -> np.ndarray:
+    t_lo, t_hi, scale = _prior_t(prior)
     return scale * np.sinh(t_lo + np.clip(p, 0.0, 1.0) * (t_hi - t_lo))
 
 
-def _mixture_quantiles(xs: np.ndarray, levels: np.ndarray, channel: str, weight: float) -> np.ndarray:
+def _mixture_quantiles(xs: np.ndarray, levels: np.ndarray, prior: tuple, weight: float) -> np.ndarray:
     """Exact quantiles of weight * empirical CDF(xs) + (1 - weight) * prior CDF; xs sorted."""
     n = xs.size
     if n == 0 or weight <= 0.0:
-        return _prior_ppf(levels, channel)
+        return _prior_ppf(levels, prior)
     # F at each data point (right-continuous, so it includes that point's mass).
-    f_at = weight * (np.arange(1, n + 1) / n) + (1.0 - weight) * _prior_cdf(xs, channel)
+    f_at = weight * (np.arange(1, n + 1) / n) + (1.0 - weight) * _prior_cdf(xs, prior)
     j = np.searchsorted(f_at, levels, side="left")  # first data point with F >= level
     # Between data points F grows with the prior only: solve weight*j/n + (1-weight)*G(x) = level.
     g = (levels - weight * j / n) / (1.0 - weight)
-    x = _prior_ppf(g, channel)
+    x = _prior_ppf(g, prior)
     inside = j < n
     x[inside] = np.minimum(x[inside], xs[j[inside]])  # level falls in the atom of xs[j]
     after = j > 0
@@ -71,9 +71,9 @@ def _mixture_quantiles(xs: np.ndarray, levels: np.ndarray, channel: str, weight:
     return x
 
 
-def _fill_edges(edges: np.ndarray, count: int, lo: float, hi: float, channel: str) -> np.ndarray:
+def _fill_edges(edges: np.ndarray, count: int, lo: float, hi: float, channel: str, prior: tuple) -> np.ndarray:
     """Add edges until there are `count`, splitting the widest gaps (in the prior's asinh units)."""
-    t_lo, t_hi, scale = _prior_t(channel)
+    t_lo, t_hi, scale = _prior_t(prior)
     for _ in range(8):
         missing = count - edges.size
         if missing <= 0:
@@ -95,16 +95,18 @@ def _fill_edges(edges: np.ndarray, count: int, lo: float, hi: float, channel: st
     raise MarketGPTError(f"could not place {count} distinct bin edges for channel {channel!r}")
 
 
-def fit_channel(values: np.ndarray, vocab_size: int, channel: str,
-                 weight: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bin edges (vocab_size-1, strictly increasing), decode values (vocab_size) and training counts."""
+def fit_channel(values: np.ndarray, vocab_size: int, channel: str, weight: float | None = None,
+                prior: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bin edges (vocab_size-1, strictly increasing), decode values (vocab_size) and training counts. prior: the
+    channel's (low, high, scale) in place of PRIOR[channel] (the scaled features' grid, tokenizer_scale.PRIOR_Z)."""
     weight = EMPIRICAL_WEIGHT if weight is None else weight
+    prior = PRIOR[channel] if prior is None else prior
     xs = np.sort(values[np.isfinite(values)])  # +-inf (prices 1e300 apart) would only fall in an outer bin
     levels = np.arange(1, vocab_size) / vocab_size
-    raw = _mixture_quantiles(xs, levels, channel, weight)
+    raw = _mixture_quantiles(xs, levels, prior, weight)
     raw = np.round(raw / EDGE_GRID) * EDGE_GRID + 0.0  # no -0.0
     edges = np.unique(raw)
-    p_lo, p_hi, _ = PRIOR[channel]
+    p_lo, p_hi, _ = prior
     # bounds of the outermost gaps for the filling step (not edges themselves)
     lo = min(p_lo, float(edges[0]) - 4 * EDGE_GRID) if edges.size else p_lo
     hi = max(p_hi, float(edges[-1]) + 4 * EDGE_GRID) if edges.size else p_hi
@@ -113,7 +115,7 @@ def fit_channel(values: np.ndarray, vocab_size: int, channel: str,
         lo = 0.0
     else:
         edges = edges[(edges > lo) & (edges < hi)]  # the range ends are gap bounds, not edges
-    edges = _fill_edges(edges, vocab_size - 1, lo, hi, channel)
+    edges = _fill_edges(edges, vocab_size - 1, lo, hi, channel, prior)
     values_, counts = _bin_values(xs, edges, channel)
     return edges, values_, counts
 
@@ -154,11 +156,13 @@ def _clamp_values(values: np.ndarray, edges: np.ndarray, channel: str) -> np.nda
     return out
 
 
-def placement(channels: list[str]) -> dict:
-    """The bin-placement settings of a fit, recorded in the saved file."""
+def placement(channels: list[str], priors: dict | None = None) -> dict:
+    """The bin-placement settings of a fit, recorded in the saved file (priors: the channels' priors that are not
+    PRIOR's)."""
+    priors = {**PRIOR, **(priors or {})}
     return {"method": "quantiles of a mixture of the empirical CDF and a prior CDF",
             "empirical_weight": EMPIRICAL_WEIGHT,
-            "prior_asinh_uniform_low_high_scale": {k: list(PRIOR[k]) for k in channels},
+            "prior_asinh_uniform_low_high_scale": {k: list(priors[k]) for k in channels},
             "edge_grid": EDGE_GRID, "value_margin": VALUE_MARGIN, "volume_clip": VOLUME_CLIP}
 
 

@@ -22,7 +22,7 @@ def inspect_tokenizer(tokenizer: CandleTokenizer, frame: pd.DataFrame | None = N
     report: dict[str, Any] = {"vocab_size": V, "channels": {}, "assets": None, "worst_asset": None}
     tokens = feats = rows = None
     if frame is not None:
-        feats_cm, rows = tokenizer._features_cm(frame)
+        feats_cm, rows, _ = tokenizer._features_cm(frame)   # scaled: reconstruction in sigma units
         tokens = np.ascontiguousarray(tokenizer._encode_cm(feats_cm).T)
         feats = feats_cm.T
     for k, name in enumerate(tokenizer.channels):

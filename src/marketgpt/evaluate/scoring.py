@@ -40,10 +40,10 @@ def check_split(split: str) -> str:
 def model_batches(model, store, windows, context_length: int, batch_size: int = 32, device=None):
     """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows,
     batch_size at a time, under inference mode: yields (windows, mask (B, T), logits (n, C, V) float32, targets (n, C))
-    of each batch's scored targets, each target once."""
+    of each batch's scored targets, each target once. A store with a scale hands the model its scale input too."""
     import torch
 
-    from ..dataset import gather
+    from ..dataset import gather, gather_scale
 
     if device is None:
         params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
@@ -56,7 +56,9 @@ def model_batches(model, store, windows, context_length: int, batch_size: int = 
             x, y, mask, asset = gather(store, w, context_length)
             asset_t = torch.from_numpy(asset)
             xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            logits, _ = model(xt, asset_t.to(device), categories[asset_t].to(device), yt)
+            scale = gather_scale(store, w, context_length)
+            extra = {} if scale is None else {"scale": torch.from_numpy(scale).to(device)}
+            logits, _ = model(xt, asset_t.to(device), categories[asset_t].to(device), yt, **extra)
             m = torch.from_numpy(mask).to(device)
             yield w, mask, logits[m].float(), yt[m]
 
@@ -66,7 +68,8 @@ def score_model(model, store, windows, context_length: int, density: CloseDensit
     """Run `model` (see model_batches) over the windows and score every target once. Per scored target (arrays in
     row order): row, nll (n, C) and hit (n, C) per channel (token level), and for the close return y: nll, crps,
     pit = F(y), p_up = P(y > 0). With quantile `levels`, also the density's forecast itself: quantiles (n, L), mean
-    (E[y]) and gross (E[exp y])."""
+    (E[y]) and gross (E[exp y]). With a scale (store.sigma), the close head's density is of z = y / sigma and the
+    return figures carry the Jacobian (density.py), so they are in return units, comparable with the baselines'."""
     import numpy as np
     import torch
 
@@ -81,15 +84,16 @@ def score_model(model, store, windows, context_length: int, density: CloseDensit
             probs = torch.softmax(lg[:, 0].double(), dim=-1).cpu().numpy()      # close head: context only
             rows = (w[:, :1] + offsets)[mask]
             yv = returns[rows]
+            sg = None if store.sigma is None else np.asarray(store.sigma[rows])
             parts["row"].append(rows)
-            parts["ret_nll"].append(density.nll(probs, yv))
-            parts["ret_crps"].append(density.crps(probs, yv))
-            parts["pit"].append(density.cdf(probs, yv))
+            parts["ret_nll"].append(density.nll(probs, yv, sg))
+            parts["ret_crps"].append(density.crps(probs, yv, sg))
+            parts["pit"].append(density.cdf(probs, yv, sg))
             parts["p_up"].append(1.0 - density.cdf(probs, np.zeros(len(yv))))
             if levels:
-                parts["quantiles"].append(np.stack([density.ppf(probs, q) for q in levels], axis=1))
-                parts["mean"].append(density.mean(probs))
-                parts["gross"].append(density.gross_mean(probs))
+                parts["quantiles"].append(np.stack([density.ppf(probs, q, sg) for q in levels], axis=1))
+                parts["mean"].append(density.mean(probs, sg))
+                parts["gross"].append(density.gross_mean(probs, sg))
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     order = np.argsort(out["row"], kind="stable")
     return {k: v[order] for k, v in out.items()}

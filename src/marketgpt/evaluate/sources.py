@@ -40,10 +40,11 @@ class IdMap:
     def parameters(self):
         return self.model.parameters()
 
-    def __call__(self, tokens, asset, category, targets=None):
+    def __call__(self, tokens, asset, category, targets=None, **scale):
         device = tokens.device
         index = asset.cpu()
-        return self.model(tokens, self.asset_ids[index].to(device), self.category_ids[index].to(device), targets)
+        return self.model(tokens, self.asset_ids[index].to(device), self.category_ids[index].to(device), targets,
+                          **scale)
 
 
 def run_source(cfg, store, split: str) -> Source:
