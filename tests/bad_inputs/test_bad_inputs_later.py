@@ -113,6 +113,8 @@ CASES = [
     Case("outcomes-unknown-provider", lambda w: ["outcomes", "--provider", "bogus", "--data-dir", w.path("no_log")],
          ("unknown provider 'bogus'",), absent=nothing_in("no_log")),
     Case("monitor-db-in-memory", lambda w: ["monitor", "--db", "sqlite:///"], ("sqlite:///", "in-memory")),
+    Case("monitor-no-log-in-data-dir", lambda w: ["monitor", "--data-dir", w.path("no_log")],
+         ("no_log/marketgpt.db", "no signal log"), absent=nothing_in("no_log")),
     Case("monitor-horizon-3y", lambda w: ["monitor", "--horizon", "3y", "--data-dir", w.path("no_log")],
          ("horizon 3y unknown",), absent=nothing_in("no_log")),
     # serve: refused before it listens

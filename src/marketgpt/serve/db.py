@@ -127,7 +127,7 @@ def open_db(url: str | None = None, data_dir=None, create: bool = True) -> Engin
     naming it. An in-memory SQLite is refused (the log would vanish with the command), and so, with create=False
     (the commands that read a log: outcomes, monitor), is a SQLite file that does not exist: a mistyped --data-dir
     must not report an empty new log."""
-    url = url or default_url(data_dir)
+    given, url = bool(url), url or default_url(data_dir)
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -144,8 +144,9 @@ def open_db(url: str | None = None, data_dir=None, create: bool = True) -> Engin
         path = Path(parsed.database)
         if not path.exists():
             if not create:
-                raise MarketGPTError(f"--db {shown(url)}: no signal log at {path} (log signals first: marketgpt "
-                                     f"signals RUN_DIR --log, with the same --db or --data-dir)")
+                option = f"--db {shown(url)}" if given else f"--data-dir {path.parent}"
+                raise MarketGPTError(f"{option}: no signal log at {path} (log signals first: marketgpt signals "
+                                     f"RUN_DIR --log, with the same --db or --data-dir)")
             writable_dir(path.parent, "signal log (--db)")
     try:
         engine = create_engine(parsed, **({"connect_args": {"connect_timeout": 10}}

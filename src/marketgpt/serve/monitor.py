@@ -190,7 +190,9 @@ def monitor_report(url=None, data_dir=None, engine=None, run=None, horizon=None)
 
             raise MarketGPTError(f"--horizon takes one horizon name (1d, 1w, 2w, 1m, 2m), got {horizon!r}")
         horizon = names[0]
-    engine = engine or open_db(url, data_dir)
+    # the default log of a mistyped --data-dir must not be created empty and reported as NO DATA; a --db URL
+    # names its log itself (a new one is an empty log)
+    engine = engine or open_db(url, data_dir, create=url is not None)
     rows = read_scored(engine, run, horizon)
     models = [assess(group) for _, group in rows.groupby(["model", "model_version", "horizon"], sort=True)]
     order = {"1d": 0, "1w": 1, "2w": 2, "1m": 3, "2m": 4}
