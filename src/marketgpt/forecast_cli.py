@@ -128,6 +128,8 @@ def histories_for(run_dir, cfg, symbols, universe, provider, data_dir):
     from .data import check_provider
 
     check_provider(provider)   # a mistyped provider is named once, not once per asset
+    if data_dir is not None and Path(data_dir).is_file():   # the same: said once, not by every asset's fetch
+        raise MarketGPTError(f"{data_dir}: the data folder (--data-dir) is a file, not a folder")
     candles, failed = load_histories(frame, provider, data_dir)
     if candles is None:
         raise MarketGPTError("no asset could be loaded: " + "; ".join(f"{s}: {r}" for s, r in failed.items()))

@@ -66,6 +66,7 @@ CASES = [
     Case("forecast-output-read-only", forecast("run", "-o", "/proc/forecast.parquet"), ("/proc", "-o", "cannot write")),
     Case("forecast-charts-under-a-file", forecast("run", "--charts", "a_file/charts", "-o", "fc.parquet"),
          ("a_file/charts", "--charts", "is a file"), absent=nothing_in("fc.parquet")),
+    Case("forecast-data-dir-is-a-file", forecast("run", "--data-dir", "a_file"), ("a_file", "--data-dir", "is a file")),
     Case("forecast-device-tpu", forecast("run", "--device", "tpu"), ("device 'tpu'",)),
     Case("forecast-empty-universe", forecast("run", "--universe", "universes/empty.csv"), ("empty.csv", "no assets")),
     Case("forecast-hostile-symbol", forecast("run", "--universe", "universes/hostile.csv"),
