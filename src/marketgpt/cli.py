@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.set_defaults(func=cmd_train)
 
-    from . import backtest, cluster, ensemble, evaluate, finetune, forecast_cli, signals, walkforward
+    from . import backtest, cluster_cli, ensemble, evaluate, finetune, forecast_cli, signals, walkforward
     from .serve import monitor, outcomes, server
 
     evaluate.add_commands(sub)
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_commands(sub)
     finetune.add_commands(sub)
     walkforward.add_commands(sub)
-    cluster.add_commands(sub)
+    cluster_cli.add_commands(sub)
     monitor.add_commands(sub)
     outcomes.add_commands(sub)
     server.add_commands(sub)
