@@ -1,18 +1,27 @@
-"""False alarms and detection delay of the monitor's alarm (serve/alarm.py) on the daily series of ../shared/data.
+"""False alarms and detection delay of the monitor's alarm (serve/alarm.py) on the daily series of ../shared/data,
+and the calibration of its thresholds by simulation.
 
-Every daily series with candles from 2014 or earlier up to 2016-10-31 is copied twice: as it is, and with every
-log return from BREAK (2016-05-02) on multiplied by 3 (prices after it p -> ref (p / ref)^3, ref the last close
-before). A small model (the test suite's shape, 20 epochs of at most 100 steps) is trained on each copy from 2010 to
-2016-10-31: the time split puts BREAK in the test split (October 2015 on), so both train on the same candles. Each
-run's one-step out-of-sample forecasts (wf_outputs.one_step_tables) are scored per asset against the GARCH(1,1)-t
-baseline of serve.baseline (refitted every --refit-every days over the asset's own past), exactly as the monitor
-scores a logged stream: one stream per asset, so the rates are per asset-year of monitoring.
+Every daily series with candles from 2014 or earlier up to 2016-10-31 is copied three times: as it is, and with every
+log return from BREAK (2016-05-02) on multiplied by 3 and by 2 (prices after it p -> ref (p / ref)^k, ref the last
+close before). A small model (the test suite's shape, 20 epochs of at most 100 steps) is trained on each copy from
+2010 to 2016-10-31: the time split puts BREAK in the test split (October 2015 on), so all train on the same candles.
+Each run's one-step out-of-sample forecasts (wf_outputs.one_step_tables) are scored against the GARCH(1,1)-t baseline
+of serve.baseline (refitted every --refit-every days over the asset's own past), as the monitor scores a logged
+stream, and the monitor's assess() gives the status of these streams:
+- all assets pooled: one stream, one model-year;
+- GROUPS disjoint groups of assets (every GROUPS-th series in category order, so each spans the categories): GROUPS
+  model-years of unchanged data for the false-alarm rate, GROUPS delays per break;
+- SPY, QQQ and DIA pooled (the test suite's three), and every asset alone (one stream per asset-year).
+Delays are trading days from BREAK to the day the alarm tripped, BREAK counted as day 1.
 
-Printed: for thresholds h of the CUSUM, the share of unchanged streams that cross h anywhere in their test year
-(false alarms), and on the x3 streams the share that cross it within 20 / 60 trading days of BREAK and the median
-delay; then the statuses the monitor gives with the thresholds in serve/alarm.py (including calibration warnings).
+Calibration: the run length of the alarm (the first day any of the three CUSUMs is above h, counted from the end of
+the warm-up) on --paths simulated null streams of --days days each: i.i.d. Student-t(5), and stationary block
+bootstraps (mean block 5 days, keeping the heavy tails and the day-to-day correlation) of the unchanged pooled daily
+loss differences of all assets and of the three indices. ARL: the mean run length, a lower bound where paths never
+alarmed within --days.
 
-Run: `python bench/monitor_alarm.py [--max-assets N] [--refit-every 20]` (writes bench/results/monitor_alarm.json).
+Run: `python bench/monitor_alarm.py [--max-assets N] [--refit-every 20] [--paths 1000] [--days 6000]`
+(writes bench/results/monitor_alarm.json).
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 START, END, BREAK = "2010-01-01", "2016-10-31", "2016-05-02"
-THRESHOLDS = (4, 5, 6, 8, 10, 12, 15, 20)
+CASES = (("unchanged", 1.0), ("x3", 3.0), ("x2", 2.0))
+GROUPS = 10
+INDICES = ("SPY", "QQQ", "DIA")
+THRESHOLDS = (6, 8, 10, 12, 14, 16, 20, 24)
 
 
 def universe(max_assets: int | None) -> pd.DataFrame:
@@ -98,73 +110,148 @@ def streams(run: Path, source: Path, assets: pd.DataFrame, refit_every: int) -> 
     return out
 
 
-def cusum_of(rows: pd.DataFrame):
+def delay(tripped: str | None) -> float | None:
+    """Trading days from BREAK to the trip, BREAK day 1; None when it never tripped, <= 0 when it tripped before."""
+    if tripped is None:
+        return None
+    days = len(pd.bdate_range(BREAK, tripped))
+    return float(days if days else -len(pd.bdate_range(tripped, BREAK)) + 1)
+
+
+def outcome(entry: dict) -> dict:
+    m = entry["metrics"]
+    return {"status": entry["status"], "warn_on": m.get("warn_on"), "retrain_on": m.get("retrain_on"),
+            "warn_delay": delay(m.get("warn_on")), "retrain_delay": delay(m.get("retrain_on")),
+            "cusum_max": m.get("cusum_max")}
+
+
+def measure(group: dict[str, pd.DataFrame], assets: pd.DataFrame) -> dict:
+    """The monitor's verdict on the pools of one case."""
+    from marketgpt.serve.monitor import assess
+
+    symbols = [s for s in assets.symbol if s in group]
+    pools = {"all": symbols, "indices3": [s for s in INDICES if s in group]}
+    pools.update({f"group{g}": symbols[g::GROUPS] for g in range(GROUPS)})
+    out = {name: outcome(assess(pd.concat([group[s] for s in members]))) for name, members in pools.items() if members}
+    out["single"] = {s: outcome(assess(group[s])) for s in symbols}
+    return out
+
+
+def pooled_daily(group: dict[str, pd.DataFrame], symbols) -> np.ndarray:
     from marketgpt.serve import alarm as A
     from marketgpt.serve.monitor import BASE_Q, MODEL_Q
 
+    rows = pd.concat([group[s] for s in symbols if s in group])
     e = A.loss_difference(rows[MODEL_Q].to_numpy(), rows[BASE_Q].to_numpy(), rows.realised_log_return.to_numpy())
-    daily = pd.Series(e, index=pd.to_datetime(rows.realised_date)).groupby(level=0).mean()
-    return daily.index, A.cusum(daily.to_numpy())
+    return A.pool_days(e, pd.to_datetime(rows.realised_date).to_numpy())[1]
+
+
+def block_bootstrap(x: np.ndarray, paths: int, days: int, block: float, rng) -> np.ndarray:
+    """Stationary bootstrap (Politis & Romano): blocks of geometric length (mean `block`) from random starts,
+    wrapping around the end."""
+    out = np.empty((paths, days), dtype=np.int64)
+    for p in range(paths):
+        idx, filled = [], 0
+        while filled < days:
+            length = int(rng.geometric(1.0 / block))
+            idx.append((rng.integers(len(x)) + np.arange(length)) % len(x))
+            filled += length
+        out[p] = np.concatenate(idx)[:days]
+    return x[out]
+
+
+def calibrate(nulls: dict[str, np.ndarray], thresholds) -> dict:
+    from marketgpt.serve import alarm as A
+
+    out = {}
+    for name, x in nulls.items():
+        s = A.cusum(x)
+        worst = np.maximum.reduce([s[side] for side in A.SIDES])[:, A.WARMUP_DAYS:]
+        horizon = worst.shape[1]
+        rows = []
+        for h in thresholds:
+            hit = worst > h
+            run = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, horizon)
+            rows.append({"threshold": h, "arl": float(run.mean()), "censored": float(np.mean(~hit.any(axis=1))),
+                         "p_250": float(np.mean(hit[:, :250].any(axis=1))),
+                         "p_1000": float(np.mean(hit[:, :1000].any(axis=1)))})
+        out[name] = rows
+        print(f"calibration on {name}: " + "; ".join(f"h {r['threshold']}: ARL {'>=' if r['censored'] else ''}"
+                                                     f"{r['arl']:.0f}, P(250 d) {r['p_250']:.2f}" for r in rows),
+              flush=True)
+    return out
+
+
+def finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def summary(result: dict) -> dict:
+    """The numbers the README and the results table state."""
+    out = {}
+    for name, pools in result.items():
+        groups = [v for k, v in pools.items() if k.startswith("group")]
+        single = list(pools["single"].values())
+        row = {"all": pools["all"], "indices3": pools.get("indices3"), "groups": len(groups), "assets": len(single),
+               "groups_warn": sum(g["warn_on"] is not None for g in groups),
+               "groups_retrain": sum(g["retrain_on"] is not None for g in groups),
+               "single_warn_share": float(np.mean([s["warn_on"] is not None for s in single])),
+               "single_retrain_share": float(np.mean([s["retrain_on"] is not None for s in single]))}
+        if name != "unchanged":
+            after = [g for g in groups if g["warn_delay"] is None or g["warn_delay"] > 0]
+            row["groups_early"] = len(groups) - len(after)       # a false alarm before the break
+            for key in ("warn_delay", "retrain_delay"):
+                d = np.array([np.inf if g[key] is None else g[key] for g in after])
+                row[f"groups_{key}_median"] = finite(np.median(d)) if len(d) else None
+                row[f"groups_{key}_max"] = finite(d.max()) if len(d) else None
+            row["single_warn_within_20"] = float(np.mean([0 < (s["warn_delay"] or 99) <= 20 for s in single]))
+        out[name] = row
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-assets", type=int, default=None)
     parser.add_argument("--refit-every", type=int, default=20)
+    parser.add_argument("--paths", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=6000)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    from marketgpt.serve import alarm as A
-    from marketgpt.serve.monitor import assess
+    import torch
+    from common import machine, write_result
 
-    t0 = time.time()
+    from marketgpt.serve import alarm as A
+
+    t0, host = time.time(), machine(torch.device("cpu"))
     assets = universe(args.max_assets)
     tmp = Path(tempfile.mkdtemp(prefix="monitor-bench-"))
     universe_csv = tmp / "universe.csv"
     assets.to_csv(universe_csv, index=False)
-    result = {}
-    for name, factor in (("unchanged", 1.0), ("x3", 3.0)):
+    groups = {}
+    for name, factor in CASES:
         source = tmp / f"src_{name}"
         copy(assets, source, factor)
         run = train(tmp, name, source, universe_csv)
-        result[name] = streams(run, source, assets, args.refit_every)
-        print(f"{name}: {len(result[name])} streams, {time.time() - t0:.0f} s", flush=True)
-    rows = []
-    quiet = {s: cusum_of(r) for s, r in result["unchanged"].items()}
-    loud = {s: cusum_of(r) for s, r in result["x3"].items()}
-    for h in THRESHOLDS:
-        false = np.mean([(s > h).any() for _, s in quiet.values()])
-        delays, early = [], 0
-        for days, s in loud.values():
-            after = days >= BREAK
-            if (s[~after] > h).any():
-                early += 1
-            crossed = np.flatnonzero(s[after] > h)
-            delays.append(crossed[0] + 1 if len(crossed) else np.inf)
-        delays = np.asarray(delays, dtype=float)
-        rows.append({"threshold": h, "false_alarm_share": float(false), "x3_before_break": early / len(loud),
-                     "detected_20d": float(np.mean(delays <= 20)), "detected_60d": float(np.mean(delays <= 60)),
-                     "median_delay_days": float(np.median(delays))})
-    table = pd.DataFrame(rows)
-    print(f"\n{len(quiet)} unchanged and {len(loud)} x3 streams; test days {min(d[0] for d, _ in quiet.values()):%Y-%m-%d} "
-          f"to {max(d[-1] for d, _ in quiet.values()):%Y-%m-%d}; CUSUM drift {A.DRIFT}, clip {A.CLIP}")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    statuses = {}
-    for name, group in result.items():
-        got = [assess(r) for r in group.values()]
-        statuses[name] = pd.Series([g["status"] for g in got]).value_counts().to_dict()
-        calib = sum("miscalibrated" in g["reason"] for g in got)
-        print(f"monitor statuses on {name} (WARN above {A.WARN_AT:g}, RETRAIN above {A.RETRAIN_AT:g}): "
-              f"{statuses[name]}; {calib} with a calibration warning in the reason")
-    pooled = {name: assess(pd.concat(group.values())) for name, group in result.items()}
-    for name, p in pooled.items():
-        print(f"all assets pooled, {name}: {p['status']} {p['tripped_on']}: {p['reason']}")
-    out = ROOT / "bench" / "results" / "monitor_alarm.json"
-    out.write_text(json.dumps({"assets": len(assets), "refit_every": args.refit_every, "drift": A.DRIFT,
-                               "clip": A.CLIP, "table": rows, "statuses": statuses,
-                               "pooled": {k: {"status": v["status"], "tripped_on": v["tripped_on"]}
-                                          for k, v in pooled.items()},
-                               "seconds": round(time.time() - t0), "load1": os.getloadavg()[0]}, indent=2) + "\n")
-    print(f"wrote {out} ({time.time() - t0:.0f} s)")
+        groups[name] = streams(run, source, assets, args.refit_every)
+        print(f"{name}: {len(groups[name])} streams, {time.time() - t0:.0f} s", flush=True)
+    result = {name: measure(group, assets) for name, group in groups.items()}
+    facts = summary(result)
+    for name, row in facts.items():
+        print(f"{name}: {json.dumps({k: v for k, v in row.items()})}", flush=True)
+    rng = np.random.default_rng(0)
+    nulls = {"student_t5": rng.standard_t(5, (args.paths, args.days))}
+    for name, symbols in (("bootstrap_all", list(assets.symbol)), ("bootstrap_indices3", INDICES)):
+        nulls[name] = block_bootstrap(pooled_daily(groups["unchanged"], symbols), args.paths, args.days, 5.0, rng)
+    calibration = calibrate(nulls, THRESHOLDS)
+    payload = {"assets": len(assets), "break": BREAK, "refit_every": args.refit_every, "groups": GROUPS,
+               "alarm": {"warmup": A.WARMUP_DAYS, "reference": A.REFERENCE_DAYS, "drift": A.DRIFT,
+                         "spread_drift": A.SPREAD_DRIFT, "clip": A.CLIP, "warn_at": A.WARN_AT,
+                         "retrain_at": A.RETRAIN_AT},
+               "summary": facts, "calibration": {"paths": args.paths, "days": args.days, "block": 5.0,
+                                                 "nulls": calibration},
+               "pools": {name: {k: v for k, v in pools.items() if k != "single"} for name, pools in result.items()},
+               "seconds": round(time.time() - t0), "machine": host}
+    print(f"wrote {write_result('monitor_alarm', payload)} ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,14 @@ def rows_skill(r: dict) -> list[list[str]]:
              f"({r['data']}; {budget}{', --quick' if r['quick'] else ''}; {r['seconds']['total'] / 60:.1f} min)",
              text(cal), f"previous default (T = 1): {text(prev)}", f"NLL {d:+.4f} nats/day",
              f"{r['summary']['target']}: {met(r['summary']['met'])}"]]
+    scaled = r["variants"].get(r.get("chosen_on_val") or "")
+    if scaled:
+        d = scaled["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
+        lam = r["runs"][r["chosen_on_val"]]["scale_lambda"]
+        rows.append([f"the scale lever: features over a past-only EWMA sigma (lambda {lam:g}, the best on val), log "
+                     f"sigma into the model, calibrated T = {scaled['close_temperature']:.3f}; "
+                     f"{'the default now' if r.get('kept') else 'worse on val, not kept'}", text(scaled),
+                     "previous default (row above)", f"NLL {d:+.4f} nats/day", met(scaled["goals"]["all_met"])])
     cat = r["variants"].get("per_category_temperature")
     if cat:
         d = cat["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
@@ -184,8 +192,8 @@ def rows_monitor_alarm(r: dict) -> list[list[str]]:
         rows.append([f"monitor alarm, returns {text} from {r['break']}: all {r['assets']} assets pooled; {g} pools of "
                      f"{r['assets'] // g}",
                      f"pooled: WARN {day(c['all']['warn_delay'])}, RETRAIN {day(c['all']['retrain_delay'])}; pools: "
-                     f"{c['groups_warn']} WARN (median {day(c['groups_warn_delay_median'])}), {c['groups_retrain']} "
-                     f"RETRAIN",
+                     f"{c['groups_warn'] - c['groups_early']} of {g - c['groups_early']} WARN after the break (median "
+                     f"{day(c['groups_warn_delay_median'])}), {c['groups_early']} before it",
                      f"unchanged: pooled {u['all']['status']} (peak {u['all']['cusum_max']:.1f}); pools: "
                      f"{u['groups_warn']} of {g} WARN, {u['groups_retrain']} RETRAIN in the year", "",
                      f"tripled pooled WARN within 10 days: {met((c['all']['warn_delay'] or 99) <= 10)}"

@@ -27,18 +27,23 @@ WARN, above RETRAIN_AT RETRAIN, dated the first day it crossed; an alarm latches
 own stream. Horizons longer than one bar overlap day to day, so their days enter in blocks of `bars` days.
 
 **Calibration** (bench/monitor_alarm.py, shared 2-core CPU): the run length to the first crossing of any of the three
-CUSUMs on 1,000 simulated null streams of 6,000 days. WARN_AT = 10: ARL >= 5,888 days on i.i.d. Student-t(5) days
-(P(false WARN within 250 days) 0.00), 2,879 on a block bootstrap of the real unchanged pooled series of 223 assets
-(0.08) and 4,080 on that of SPY, QQQ and DIA (0.05): a false WARN every 11 model-years or more, above the target of
-one per 250 trading days. RETRAIN_AT = 16: ARL >= 5,839 on all three (P within 1,000 days <= 0.01). On the real
-walk-forward forecasts (a small model on the 223 daily series of ../shared/data with candles from 2014 or earlier to
-2016-10-31, test year 2015-10-31 to 2016-10-31): unchanged, all assets pooled stay OK (CUSUM peak 7.0), and 3 of 10
-disjoint pools of 22 assets WARN during the year (peaks 10.0 to 13.1, none RETRAIN): one false WARN per 3.3
-model-years, since the bootstrap's 5-day blocks miss the month-long calm of July 2016 in which the model beat
-GARCH-t. With the returns tripled from 2016-05-02: all assets pooled WARN on the 4th trading day and RETRAIN on the
-7th; the 10 pools of 22 WARN after a median 5 days (at most 13, one had WARNed in January) and all RETRAIN within 15;
-doubled returns: WARN on the 7th day pooled, 8 of 10 pools WARN (median 9 days). One asset alone is not what the
-thresholds are calibrated for: 35% of unchanged asset-years WARN, 82% of tripled ones.
+CUSUMs on 1,000 simulated null streams of 6,000 days after the warm-up. WARN_AT = 10: ARL >= 5,911 days on i.i.d.
+Student-t(5) days (P(false WARN within 250 days) 0.003), >= 2,736 on a block bootstrap (mean block 5 days) of the real
+unchanged pooled series of 223 assets (0.10) and >= 3,983 on that of SPY, QQQ and DIA (0.07): a false WARN every 11
+model-years or more, against a target of no more than one per 250 trading days. RETRAIN_AT = 16: ARL >= 5,783 on all
+three (P(false RETRAIN within 1,000 days) <= 0.012), against a target of 1,000. On the real walk-forward forecasts (a
+small model on the 223 daily series of ../shared/data with candles from 2014 or earlier to 2016-10-31, test year
+2015-10-31 to 2016-10-31), trading days counted from the break, 2016-05-02, as day 1:
+- unchanged: all assets pooled stay OK (CUSUM peak 7.0), and so do SPY, QQQ and DIA pooled (6.9). 3 of 10 disjoint
+  pools of 22 assets WARN during the year, all from the spread CUSUM (January 2016, and July 2016 after the Brexit
+  vote; peaks 10.0 to 13.1), none RETRAIN. That is one false WARN per 3.3 model-years: the bootstrap's 5-day blocks
+  miss month-long regimes.
+- returns tripled from the break: all assets pooled WARN on day 4 and RETRAIN on day 7; SPY, QQQ and DIA on days 6
+  and 17. The 9 pools of 22 that had not WARNed in January WARN after a median 5 days (at most 13) and RETRAIN after
+  a median 8 (at most 15).
+- doubled: all pooled WARN on day 7, the three indices on day 6; 7 of those 9 pools WARN (median 11 days).
+- one asset alone, which is not what the thresholds are calibrated for: 35% of unchanged asset-years WARN, against
+  82% of tripled ones.
 """
 
 from __future__ import annotations
