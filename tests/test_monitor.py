@@ -272,6 +272,19 @@ def test_the_alarm_uses_the_past_only():
     assert len(A.pool_days(np.append(e, 10.0), thin[:-4])[0]) == 60              # and waits for it
 
 
+def test_a_stream_without_a_full_block_is_ok_and_warming_up(logs):
+    """A 1m stream (21-bar blocks) with fewer outcome days than one block has no CUSUM day yet: OK, warming up."""
+    from marketgpt.serve import alarm as A
+    from marketgpt.serve.db import open_db
+    from marketgpt.serve.monitor import assess, read_scored
+
+    assert all(len(s) == 0 for s in A.cusum(np.zeros(0)).values())
+    rows = read_scored(open_db(logs["base"]))
+    rows = rows[rows.realised_date <= sorted(rows.realised_date.unique())[15]].assign(horizon="1m", bars=21)
+    entry = assess(rows)
+    assert entry["status"] == "OK" and entry["reason"].startswith("warming up") and entry["metrics"]["pooled_days"] == 0
+
+
 def test_the_thresholds_keep_false_alarms_rare_on_a_simulated_null():
     """On i.i.d. Student-t(5) days (bench/monitor_alarm.py: ARL to a false WARN >= 5,900 days of 6,000 simulated)
     at most 5% of 200 streams get a WARN within 250 days after the warm-up; a shift of +3 (2.8 robust SDs) trips

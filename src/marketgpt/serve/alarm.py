@@ -156,7 +156,7 @@ def cusum(x, warmup: int = WARMUP_DAYS, reference: int = REFERENCE_DAYS, drift: 
     """{side: S_t} of the three self-starting one-sided CUSUMs on the finite series x (see the module's docstring),
     one series per row when x is 2-D (the calibration simulates many at once); 0 during the warm-up."""
     x = np.asarray(x, dtype=np.float64)
-    flat = x.reshape(-1, x.shape[-1])
+    flat = x.reshape(-1, x.shape[-1]) if x.size else np.zeros((1, 0))     # no day yet (or no full block)
     out = {side: np.zeros_like(flat) for side in SIDES}
     level = {side: np.zeros(len(flat)) for side in SIDES}
     for t in range(warmup, flat.shape[1]):
