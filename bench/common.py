@@ -102,7 +102,7 @@ def synthetic_store(folder: Path, cfg: Config, windows: int, assets: int = 4, se
     dates = np.tile(np.arange(n).astype("datetime64[D]"), assets)
     TokenStore(tokens, np.repeat(np.arange(assets, dtype=np.int32), n), split, dates,
                rng.normal(0, 0.01, len(tokens)), [f"S{i}" for i in range(assets)], ["crypto"] * assets,
-               ["crypto"]).save(folder / "tokens")
+               ["crypto"], np.full(len(tokens), 0.01)).save(folder / "tokens")   # a sigma: the case configs are scaled
 
 
 def synthetic_trainer(cfg: Config, folder: Path, d: Dist | None = None) -> Trainer:

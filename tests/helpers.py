@@ -23,11 +23,12 @@ def run_dir_of(output: str) -> Path:
 
 
 def small_config(tmp_path: Path, name: str = "tiny", model: dict | None = None, **training) -> Path:
-    """The sample universe with a small model: a few seconds per run on 2 cores."""
+    """The sample universe with a small model: a few seconds per run on 2 cores. Without a scale unless `model`
+    sets model.scale_lambda (tests/test_scale.py trains scaled runs; the sample config itself is scaled)."""
     raw = json.loads((CONFIGS / "sample.json").read_text())
     raw["name"] = name
     raw["model"].update(vocab_size=32, context_length=32, d_model=32, num_layers=2, num_heads=2, d_ff=64,
-                        **(model or {}))
+                        **{"scale_lambda": 0, **(model or {})})
     raw["training"].update({"batch_size": 8, "epochs": 4, "max_steps_per_epoch": 6, "checkpoint_every": 2,
                             "keep_checkpoints": 1, "checkpoint_dir": str(tmp_path / "checkpoints"), **training})
     raw["data"]["data_dir"] = str(tmp_path / "data")

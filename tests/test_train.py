@@ -119,7 +119,8 @@ def synthetic_store(folder: Path, context_length: int, channels: int, vocab: int
     split = np.tile(np.repeat(np.array([0, 1, 2], dtype=np.int8), n // 3), assets)
     dates = np.tile(np.arange(n).astype("datetime64[D]"), assets)
     TokenStore(tokens, np.repeat(np.arange(assets, dtype=np.int32), n), split, dates, rng.normal(0, 0.01, len(tokens)),
-               [f"A{i}" for i in range(assets)], ["crypto"] * assets, ["crypto"]).save(folder / "tokens")
+               [f"A{i}" for i in range(assets)], ["crypto"] * assets, ["crypto"],
+               np.full(len(tokens), 0.01)).save(folder / "tokens")   # a sigma: the case configs are scaled
 
 
 @pytest.mark.parametrize("case", ["a", "b", "c"])
