@@ -129,7 +129,7 @@ def main() -> int:
                 ("signals_filtered", "GET", f"/v1/signals?symbol={first}&horizon=1d", None, args.requests),
                 ("history", "GET", f"/v1/signals/history?symbol={first}", None, args.requests),
                 ("fan", "GET", f"/v1/fan?symbol={first}", None, args.requests),
-                ("monitor", "GET", "/v1/monitor", None, max(args.requests // 10, args.clients)),
+                ("monitor", "GET", "/v1/monitor", None, args.requests),
                 ("forecast", "POST", "/v1/forecast", {"symbol": first, "horizon": 5, "samples": 64}, args.forecasts)]
         results = {}
         for name, method, path, body, n in plan:
