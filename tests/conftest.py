@@ -5,9 +5,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import fresh_pg
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from helpers import SHARED_DATA, fresh_pg
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+SHARED_DATA = ROOT.parent / "shared" / "data"   # the real data folder beside the checkout (tests skip without it)
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600, **kwargs):

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from helpers import ROOT, fresh_pg
+from helpers import ROOT, SHARED_DATA, fresh_pg
 
 from marketgpt.serve.db import open_db
 from marketgpt.serve.log import SLOW_WRITE_ENV, log_signals, read_signals
@@ -82,7 +82,7 @@ class Server:
 def loop(demo_run, tmp_path_factory):
     """The demo run's signals for SPY, QQQ, GLD and BTC-USD (never seen in training) on six days of October 2017,
     read from ../shared/data, computed once for the module."""
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    shared = SHARED_DATA
     if not (shared / "manifest.csv").exists():
         pytest.skip(f"real data folder {shared} is absent")
     tmp = tmp_path_factory.mktemp("api")

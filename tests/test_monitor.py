@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import fresh_pg, run_cli, run_dir_of, small_config
+from helpers import SHARED_DATA, fresh_pg, run_cli, run_dir_of, small_config
 
 from marketgpt.serve.baseline import COLUMNS as BASELINE_COLUMNS
 from marketgpt.signals import compute_signals
@@ -56,8 +56,6 @@ def train_on(tmp, name, source):
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    from conftest import SHARED_DATA
-
     if not (SHARED_DATA / "manifest.csv").exists():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     tmp = tmp_path_factory.mktemp("monitor")

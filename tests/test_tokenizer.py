@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from helpers import SHARED_DATA
 
 from marketgpt.config import from_dict
 from marketgpt.data import time_split
@@ -21,7 +22,6 @@ from marketgpt.tokenizer import CandleTokenizer
 from marketgpt.tokenizer_bins import Bucketizer
 from marketgpt.tokenizer_inspect import format_inspection, inspect_tokenizer
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
