@@ -330,10 +330,9 @@ class Forecaster:
         T = self.cfg.model.context_length
         history = clean if self.tokenizer.scaled else clean.tail(T + 1 + extra)
         history = history.reset_index(drop=True)
-        tokens = self.tokenizer.encode(history)[-T:]
-        scale, sigma = None, self.tokenizer.next_sigma(history)
-        if sigma is not None:
-            scale = model_input(np.append(self.tokenizer.sigma(history)[1:], sigma))[-T:]
+        tokens, row_sigma, sigma = self.tokenizer.encode_history(history)
+        tokens = tokens[-T:]
+        scale = None if sigma is None else model_input(np.append(row_sigma[1:], sigma))[-T:]
         return {"symbol": symbol, "tokens": tokens, "asset_id": asset_id, "category_id": category_id, "known": known,
                 "category": self.category_of.get(symbol, category), "history": clean.reset_index(drop=True),
                 "scale": scale, "sigma": sigma}

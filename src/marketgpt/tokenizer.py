@@ -155,10 +155,14 @@ class CandleTokenizer:
             out[4] = volume_feature(frame, first, self.volume_window)[rows]
         return out, rows, np.cumsum(first)[rows] - 1
 
-    def features(self, frame: pd.DataFrame) -> np.ndarray:
-        """Features of one asset's candles: (n - 1, num_channels) float64, rows 1..n-1 of `frame`."""
+    @staticmethod
+    def _check_one_asset(frame: pd.DataFrame) -> None:
         if "symbol" in frame.columns and len(frame) and frame["symbol"].nunique() > 1:
             raise MarketGPTError("features/encode take one asset; use encode_frame for a long frame of many assets")
+
+    def features(self, frame: pd.DataFrame) -> np.ndarray:
+        """Features of one asset's candles: (n - 1, num_channels) float64, rows 1..n-1 of `frame`."""
+        self._check_one_asset(frame)
         feats, _, _ = self._features_cm(frame)
         return np.ascontiguousarray(feats.T)
 
@@ -173,9 +177,21 @@ class CandleTokenizer:
         if not self.scaled:
             return None
         feats, _, sigma = self._features_cm(frame)
+        return self._sigma_after(feats, sigma)
+
+    def _sigma_after(self, feats_cm: np.ndarray, sigma: np.ndarray) -> float:
         if sigma.size == 0:
             return self.scale_prior
-        return float(scale.next_sigma(sigma[-1], feats[0, -1] * sigma[-1], self.scale_lambda))
+        return float(scale.next_sigma(sigma[-1], feats_cm[0, -1] * sigma[-1], self.scale_lambda))
+
+    def encode_history(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+        """(encode, sigma, next_sigma) of one asset's candles from one pass over its features: the forecaster needs
+        all three at every origin, over an asset's whole history when it is scaled."""
+        self._check_fitted()
+        self._check_one_asset(frame)
+        feats, _, sigma = self._features_cm(frame)
+        tokens = np.ascontiguousarray(self._encode_cm(feats).T)
+        return tokens, sigma, (None if sigma is None else self._sigma_after(feats, sigma))
 
     # ---- fit ----
     def fit(self, frame: pd.DataFrame) -> "CandleTokenizer":
@@ -227,8 +243,7 @@ class CandleTokenizer:
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Tokens of one asset's candles: (n - 1, num_channels) int64, rows 1..n-1 of `frame`."""
-        self._check_fitted()
-        return self.encode_features(self.features(frame))
+        return self.encode_history(frame)[0]
 
     def encode_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Tokens of all assets of a long frame at once (sorted by symbol then date).
