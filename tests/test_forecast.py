@@ -122,7 +122,7 @@ def head_probs(forecaster, prompt_tokens, asset, category, previous=None):
     with torch.no_grad():
         h = m.hidden(x, torch.tensor([asset]), torch.tensor([category]))[:, -1]
         prev = torch.tensor([previous or []], dtype=torch.long).reshape(1, -1)
-        return torch.softmax(m.next_channel_logits(h, prev).double(), -1)[0].numpy()
+        return torch.softmax(m.next_channel_logits(h, prev, torch.tensor([category])).double(), -1)[0].numpy()
 
 
 def chi_square_p(counts, probs):

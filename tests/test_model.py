@@ -65,7 +65,7 @@ def test_without_targets_returns_the_close_channel_only():
     assert loss is None and close.shape == (3, 7, 1, cfg.vocab_size)
     full, _ = model(tokens, asset, category, targets)
     assert torch.allclose(close[:, :, 0], full[:, :, 0], atol=1e-6)
-    partial = model.channel_logits(model.hidden(tokens, asset, category), targets[..., :2])
+    partial = model.channel_logits(model.hidden(tokens, asset, category), targets[..., :2], category)
     assert partial.shape == (3, 7, 3, cfg.vocab_size)
     assert torch.allclose(partial, full[:, :, :3], atol=1e-6)
 

@@ -259,7 +259,7 @@ class Forecaster:
         column) names the category of symbols the run never saw. Assets that cannot be forecast are listed in
         Forecast.failed with the reason; the others are forecast. on_step(n): progress, n candles sampled (of
         assets x num_samples x horizon). temperature None: the run's model as evaluation scores it (its calibrated
-        close temperature, if any); a number replaces that temperature on every channel (generate.py)."""
+        close temperature and widths, if any); a number replaces that calibration on every channel (generate.py)."""
         from .generate import PathScale, Prompt, sample_paths
 
         horizon, num_samples, max_batch = _check_request(horizon, num_samples, max_batch, temperature, top_p, seed)

@@ -14,9 +14,9 @@ reference in the tests) runs the trunk over the very same window at every step, 
 first), by inverse CDF: token = #{v : cdf(v) <= u} for a uniform u. The uniforms of an asset's paths come from their
 own generator, seeded by (seed, the prompt's key), drawn as one (num_samples, horizon, channels) array: a path does not
 depend on max_batch, on the device, nor on which other assets are in the request. The default (temperature None,
-top_p None) samples the model's density as evaluation scores it: with the run's calibrated close temperature, if it
-has one (calibration.py). A number t replaces it: every channel's logits as trained, divided by t (0: argmax);
-top_p keeps the smallest set of tokens whose probability reaches top_p.
+top_p None) samples the model's density as evaluation scores it: with the run's calibrated close temperature and
+width, if it has them (calibration.py). A number t replaces both: every channel's logits as trained, divided by t
+(0: argmax); top_p keeps the smallest set of tokens whose probability reaches top_p.
 
 **Scale.** A model of a scaled tokenizer (tokenizer_scale.py) takes at each position the log scale of the candle it
 predicts. A prompt then carries those inputs and sigma, the scale of the first candle to sample; each path carries its
@@ -98,12 +98,13 @@ def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: floa
 
 
 def _sample_candle(model: MarketGPT, h: torch.Tensor, u: torch.Tensor, temperature: float | None,
-                   top_p: float | None) -> torch.Tensor:
-    """The next candle (B, C) after last hidden states h (B, D), channel by channel, uniforms u (B, C)."""
+                   top_p: float | None, category: torch.Tensor) -> torch.Tensor:
+    """The next candle (B, C) after last hidden states h (B, D) of paths of categories (B,), channel by channel,
+    uniforms u (B, C)."""
     out = torch.empty(h.shape[0], 0, dtype=torch.long, device=h.device)
     for k in range(model.num_channels):
-        # default: the model's logits (the close divided by its close_temperature); an explicit t replaces that
-        logits = model.next_channel_logits(h, out, calibrated=temperature is None).float()
+        # default: the model's calibrated logits (the close's temperature and width); an explicit t replaces that
+        logits = model.next_channel_logits(h, out, category, calibrated=temperature is None).float()
         token = _draw(logits, u[:, k], 1.0 if temperature is None else temperature, top_p)
         out = torch.cat([out, token[:, None]], dim=1)
     return out
@@ -147,7 +148,7 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
         h = model.hidden(seq[:, :first], asset, category, scale=inputs(0, first))[:, -1]
     start, length = 0, first
     for step in range(horizon):
-        seq[:, length] = _sample_candle(model, h, u[:, step], temperature, top_p)
+        seq[:, length] = _sample_candle(model, h, u[:, step], temperature, top_p, category)
         if sc is not None:
             r2 = torch.clamp((values[seq[:, length, 0]] * sigma) ** 2, max=tokenizer_scale.MAX_MOVE ** 2)
             sigma = torch.sqrt(torch.clamp(path_scale.lam * sigma ** 2 + (1 - path_scale.lam) * r2,

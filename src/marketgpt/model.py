@@ -165,6 +165,9 @@ class MarketGPT(nn.Module):
         # divides the close channel's logits: a run's fitted calibration (calibration.py, set by run.load_run);
         # 1 in training and for runs without one. Not a weight: the checkpoint does not hold it.
         self.close_temperature = 1.0
+        # then widens the close density by its category's width (calibration.width_map per category id, (K, V, V));
+        # None in training and for runs without one. A buffer, so .to() moves it; not in the checkpoint.
+        self.register_buffer("close_width", None, persistent=False)
         self.apply(self._init_weights)
         nn.init.normal_(self.head, mean=0.0, std=0.02)
         for block in self.blocks:   # GPT-2: scale the projections into the residual stream by 1/sqrt(2L)
@@ -217,12 +220,27 @@ class MarketGPT(nn.Module):
                        for _ in self.blocks)
 
     # --- conditional heads -------------------------------------------------------------------------
-    def channel_logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    def calibrate_close(self, logits: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """The close logits (B, ..., V) of rows of categories (B,) after the run's calibration: divided by the close
+        temperature, then, with a close width, log(softmax @ the category's width map)."""
+        if self.close_temperature != 1.0:
+            logits = logits / self.close_temperature
+        if self.close_width is None:
+            return logits
+        probs = torch.softmax(logits.float(), dim=-1)
+        widened = torch.empty_like(probs)
+        for k in torch.unique(category).tolist():       # one (V, V) map per category present, not one per row
+            rows = category == k
+            widened[rows] = probs[rows] @ self.close_width[k].to(probs.device)
+        return torch.log(widened.clamp_min(1e-30)).to(logits.dtype)
+
+    def channel_logits(self, h: torch.Tensor, targets: torch.Tensor | None, category: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, n, V) of the next candle's channels 0..n-1 from hidden states h (B, T, D).
 
         targets (B, T, j) holds the first j channels of the next candle (all C in training); channel k is
         conditioned on targets[..., :k], so n = min(j + 1, C) channels are computable: None (j = 0) gives the close
         channel alone. Channel k's logits never depend on targets[..., k:] nor on other positions' targets.
+        The close channel's are calibrated (calibrate_close) for the rows' categories (B,).
         """
         n = 1 if targets is None else min(targets.shape[-1] + 1, self.num_channels)
         z = h.unsqueeze(2)                                                       # (B, T, 1, D)
@@ -231,20 +249,21 @@ class MarketGPT(nn.Module):
             z = z + F.pad(e.cumsum(2), (0, 0, 1, 0))                             # exclusive cumsum: (B, T, n, D)
         z = self.ln_head(z)
         logits = torch.einsum("btcd,cdv->btcv", z, self.head[:n])
-        if self.close_temperature != 1.0:
-            logits[:, :, 0] /= self.close_temperature
+        if self.close_temperature != 1.0 or self.close_width is not None:
+            logits[:, :, 0] = self.calibrate_close(logits[:, :, 0], category)
         return logits
 
-    def next_channel_logits(self, h: torch.Tensor, previous: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+    def next_channel_logits(self, h: torch.Tensor, previous: torch.Tensor, category: torch.Tensor,
+                            calibrated: bool = True) -> torch.Tensor:
         """Logits (B, V) of channel k = previous.shape[1] of the next candle, from the last hidden states h (B, D)
         and that candle's channels 0..k-1 (B, k): the generation step of channel_logits, one channel at a time.
-        calibrated=False: the close logits as trained, without close_temperature."""
+        The close logits calibrated for the rows' categories (B,); calibrated=False: as trained."""
         k = previous.shape[1]
         z = h
         if k:
             z = z + self.cond_emb(previous + self.offsets[:k]).sum(1)
         logits = self.ln_head(z) @ self.head[k]
-        return logits / self.close_temperature if calibrated and k == 0 and self.close_temperature != 1.0 else logits
+        return self.calibrate_close(logits, category) if calibrated and k == 0 else logits
 
     def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
                 targets: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -257,7 +276,7 @@ class MarketGPT(nn.Module):
         The (B, T, C, V) logits are a permuted view of a contiguous (C, B, T, V) buffer, so the loss is computed in
         that layout (targets permuted the same way) without copying the logits.
         """
-        logits = self.channel_logits(self.hidden(tokens, asset, category, scale=scale), targets)
+        logits = self.channel_logits(self.hidden(tokens, asset, category, scale=scale), targets, category)
         if targets is None:
             return logits, None
         V = logits.shape[-1]

@@ -98,11 +98,12 @@ def check_weights_fit(run_dir: Path, model, state: dict, tokenizer, store) -> No
 def load_run(run_dir, device=None, calibrated: bool = True):
     """(config, tokenizer, token store, model in eval mode on `device`, best checkpoint's epoch). For an ensemble
     directory the model is an ensemble.Ensemble of its members (epoch None): the one place that tells them apart.
-    The model carries the run's close temperature from calibration.json (calibration.py), if it has one and
+    The model carries the run's close temperature and width from calibration.json (calibration.py), if it has one and
     `calibrated`; calibrated=False: the model as trained (what a calibration is fitted to), the file not read."""
     import torch
 
-    from .calibration import read_temperature
+    from .calibration import read_calibration, width_tensor
+    from .density import close_density
     from .checkpoint import load_checkpoint
     from .dataset import TokenStore
     from .model import MarketGPT
@@ -129,5 +130,8 @@ def load_run(run_dir, device=None, calibrated: bool = True):
     check_weights_fit(run_dir, model, state, tokenizer, store)
     model.load_state_dict(state)
     model.to(device).eval()
-    model.close_temperature = read_temperature(run_dir) if calibrated else 1.0   # 1.0 without calibration.json
+    if calibrated:   # T = 1 and no width without calibration.json
+        model.close_temperature, width = read_calibration(run_dir)
+        widths = width_tensor(width, close_density(tokenizer), store.category_names, model.unknown_category is not None)
+        model.close_width = None if widths is None else widths.to(device)
     return cfg, tokenizer, store, model, ckpt.get("epoch")

@@ -71,9 +71,9 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
         check_options(every, horizon_samples)
     run_dir = check_run_dir(run_dir)
     started = time.time()
-    if calibrate:
-        from ..calibration import calibrate_run
+    from ..calibration import calibrate_run, read_calibration
 
+    if calibrate:
         calibrate_run(run_dir, device, log)
     cfg, tokenizer, store, model, epoch = load_run(run_dir, device)
     forecaster = Forecaster(run_dir, cfg, tokenizer, store, model)
@@ -108,6 +108,7 @@ def evaluate_run(run_dir, split: str = "test", log=print, device=None, batch_siz
             "weights": "best_model.pt (the epoch with the lowest val loss)",
             "close_temperature": [m.close_temperature for m in model.members] if hasattr(model, "members")
             else model.close_temperature,
+            "close_width": None if hasattr(model, "members") else read_calibration(run_dir)[1],
             "close_bins": {"vocab_size": cfg.model.vocab_size,
                            "tail_scale": [float(s) for s in close_density(tokenizer).tail_scale]},
             "data": source.description if source else {"data": "the run's own", "split": split},
