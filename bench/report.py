@@ -140,26 +140,29 @@ def rows_skill(r: dict) -> list[list[str]]:
         return (f" vs GARCH-t refitted on an expanding window {e['nll_skill']:+.4f} (DM p {e['dm_p']:.2g}), beats it on "
                 f"{'n/a' if share is None else f'{share:.0%}'} of {v['assets_min_days_with_garch_t_expanding']};")
 
-    cal, prev = r["variants"]["calibrated"], r["variants"]["previous_default"]
-    d = cal["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
+    v, prev = r["variants"], r["variants"]["previous_default"]
+
+    def gain(x):
+        d = x["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
+        return f"NLL {d:+.4f} nats/day"
     budget = f"{r['epochs']} epochs" + (f" x {r['max_steps_per_epoch']} steps" if r["max_steps_per_epoch"] else "")
-    rows = [[f"close-return density on test, calibrated close head (T = {cal['close_temperature']:.3f} fitted on val) "
-             f"({r['data']}; {budget}{', --quick' if r['quick'] else ''}; {r['seconds']['total'] / 60:.1f} min)",
-             text(cal), f"previous default (T = 1): {text(prev)}", f"NLL {d:+.4f} nats/day",
-             f"{r['summary']['target']}: {met(r['summary']['met'])}"]]
-    scaled = r["variants"].get(r.get("chosen_on_val") or "")
-    if scaled:
-        d = scaled["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
-        lam = r["runs"][r["chosen_on_val"]]["scale_lambda"]
-        rows.append([f"the scale lever: features over a past-only EWMA sigma (lambda {lam:g}, the best on val), log "
-                     f"sigma into the model, calibrated T = {scaled['close_temperature']:.3f}; "
-                     f"{'the default now' if r.get('kept') else 'worse on val, not kept'}", text(scaled),
-                     "previous default (row above)", f"NLL {d:+.4f} nats/day", met(scaled["goals"]["all_met"])])
-    cat = r["variants"].get("per_category_temperature")
-    if cat:
-        d = cat["overall"]["vs_garch_t"]["nll_skill"] - prev["overall"]["vs_garch_t"]["nll_skill"]
-        rows.append(["the same model with a close temperature per category, each fitted on its val days (measured, "
-                     "not a default)", text(cat), "previous default (row above)", f"NLL {d:+.4f} nats/day", ""])
+    default = r["summary"]["default"]
+    rows = [[f"close-return density on test, previous default (unscaled), calibrated: T = "
+             f"{v['calibrated']['close_temperature']:.3f}, then a width per category, both fitted on val ({r['data']}; "
+             f"{budget}{', --quick' if r['quick'] else ''}; {r['seconds']['total'] / 60:.1f} min)",
+             text(v["calibrated_width"]), f"previous default (T = 1): {text(prev)}", gain(v["calibrated_width"]),
+             f"{r['summary']['target']}" + ("" if default != "calibrated_width" else f": {met(r['summary']['met'])}")],
+            ["the same run, the temperature alone (the previous calibration)", text(v["calibrated"]),
+             "previous default (row above)", gain(v["calibrated"]), ""]]
+    chosen = r.get("chosen_on_val")
+    if chosen:
+        lam = r["runs"][chosen]["scale_lambda"]
+        rows += [[f"the scale lever: features over a past-only EWMA sigma (lambda {lam:g}, the best on val), log sigma "
+                  f"into the model, calibrated (T = {v[chosen]['close_temperature']:.3f} and widths); "
+                  f"{'the default now' if r.get('kept') else 'worse on val, not kept'}", text(v[chosen]),
+                  "previous default (row above)", gain(v[chosen]), met(v[chosen]["goals"]["all_met"])],
+                 ["the scale lever, the temperature alone", text(v[f"{chosen}_temperature_only"]),
+                  "previous default (row above)", gain(v[f"{chosen}_temperature_only"]), ""]]
     return rows
 
 

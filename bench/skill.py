@@ -1,48 +1,56 @@
 """Forecast skill of the next-day close-return density against GARCH(1,1)-t and a Gaussian random walk, on the
 test split: the previous default (today's tokenizer and model, at T = 1 and calibrated) beside the scale lever
-(features over a past-only EWMA volatility, tokenizer_scale.py), trained at the same size and budget in one run.
+(features over a past-only EWMA volatility, tokenizer_scale.py), trained at the same size and budget in one run,
+each with the temperature alone and with the calibration's widths (calibration.py).
 
 Protocol: every daily series of a folder laid out like ../shared/data (`<category>/<SYMBOL>.csv.gz` plus
 manifest.csv; the intraday files left out) through the files provider, bad rows dropped, the global 70/15/15 time
 split, the tokenizer fitted on the training period. Models of the shapes the skill figures were first measured
 at (vocab 256, context 128, d_model 192, 4 layers, 4 heads, d_ff 768: configs/sample.json otherwise; lr 2e-3) are
-trained with the trainer, whose end fits the close temperature T on the val split (calibration.py): one with
-model.scale_lambda 0 (the previous default) and one per EWMA decay of --scale-lambdas. The scaled run with the
-lowest val NLL of the raw close return (calibrated) is the one chosen; it is kept (`kept`) only if that val NLL
-beats the previous default's. Test is scored once per kept configuration by the code of `marketgpt evaluate`
-(score_model + summarize; a scaled run's density carries the Jacobian, so its NLL is in nats of the raw return,
-comparable with GARCH-t's): the previous default at T = 1 and calibrated, and the chosen scaled run, calibrated.
-They share rows and baselines, so their difference is the lever, measured side by side.
+trained with the trainer, whose end calibrates the close head on the val split (T, then the widths that pass their
+check inside val): one with model.scale_lambda 0 (the previous default) and one per EWMA decay of --scale-lambdas.
+The scaled run with the lowest val NLL of the raw close return (calibrated) is the one chosen; it is kept (`kept`)
+only if that val NLL beats the previous default's. Test is scored once per configuration by the code of
+`marketgpt evaluate` (score_model + summarize; a scaled run's density carries the Jacobian, so its NLL is in nats of
+the raw return, comparable with GARCH-t's): the previous default at T = 1, at its T, and at its T and widths; the
+chosen scaled run at its T, and at its T and widths. They share rows and baselines, so their differences are the
+levers, measured side by side.
 
 Figures per variant: the share of assets with >= 100 test days (and a GARCH-t baseline) whose mean NLL beats
-GARCH-t's; mean NLL skill (nats/day) and CRPS skill against GARCH-t and RW with Diebold-Mariano p-values; coverage
-of the central 50% and 80% intervals and the PIT histogram, overall and per category. PIT flatness: the largest
-|share - 0.1| of the 10 bins in units of the 95% band 1.96 sqrt(0.09 / n) of independent days (days of one date
-are correlated across assets, so the true band is wider). The goals of the skill target are checked in `goals`.
+GARCH-t's; mean NLL skill (nats/day) and CRPS skill against GARCH-t and RW with Diebold-Mariano p-values (on the
+date means, as `marketgpt evaluate`); coverage of the central 50% and 80% intervals and the PIT histogram, overall
+and per category. PIT flatness: the largest |share - 0.1| of the 10 bins in units of the 95% band
+1.96 sqrt(0.09 / n) of independent days (days of one date are correlated across assets, so the true band is wider).
+The goals of the skill target are checked in `goals`.
 
 Run: `python bench/skill.py [--data FOLDER] [--out FILE] [--epochs N] [--steps N] [--scale-lambdas L,..]
-[--keep DIR] [--per-category] [--quick]`. `--quick`: two assets per category (the longest), 2 epochs of at most 30
-steps, to check that the protocol runs. `--keep DIR`: the runs are trained into DIR and kept; a run already there
-is scored again without training. `--per-category`: also a close temperature per category on the previous default.
+[--keep DIR] [--quick]`. `--quick`: two assets per category (the longest), 2 epochs of at most 30 steps, to check
+that the protocol runs. `--keep DIR`: the runs are trained into DIR and kept; a run already there is scored again
+without training (and calibrated again if its calibration predates the width check); its training time is its
+log's.
 
-Measured on the shared 2-core CPU (2.35M parameters; times depend on the load of the other users):
-- the scale lever, all 281 series, 4 epochs x 100 steps, lambda 0.94 (RiskMetrics; the only decay trained: 0.97
-  was started and stopped for time): 61 minutes at load 3.5-8 (training 30 min the previous default, 22 min the
-  scaled run; scoring 9 min). Val (where it was chosen): NLL -2.9858 -> -2.9918, skill vs GARCH-t +0.0030 ->
-  +0.0058, share beating GARCH-t 69% -> 71% of 216, cover 80/50 0.814/0.527 -> 0.818/0.531. Test, calibrated
-  (T 1.017 / 1.003): NLL skill vs GARCH-t -0.0417 -> -0.0017 (DM on the date means +5.2 -> +6.2, p 2e-7 -> 6e-10:
-  still in GARCH-t's favour), vs the expanding-window GARCH-t -0.0510 -> -0.0135; CRPS skill -0.0076 -> -0.0001;
-  share beating GARCH-t 51% -> 51% of 39 (expanding: 24% -> 26% of 99); cover 80/50 0.797/0.525 -> 0.834/0.557
-  (now too wide); per category skill crypto -0.075 -> -0.015 (73,624 of the 118,481 test days), FX -0.105 ->
-  -0.007 (cover 80 0.93 -> 0.82), US stocks -0.068 -> -0.018 (cover 80 0.74 -> 0.82), EU stocks +0.013 -> +0.008;
-  PIT max deviation 7.0 -> 10.4 bands (a hump: too few days in the outer deciles, 0.082/0.084).
-- `--quick` (14 series, 48k candles, 2 x 16 steps): 3.0 minutes at load ~5; T = 1.22; NLL skill vs GARCH-t
-  -0.137 before and -0.149 after; cover 80% 0.702 -> 0.719.
-- all 281 series, 4 epochs x 100 steps: 2.3 minutes at load ~1.5 (15.6 at load ~6); T = 1.014; NLL skill vs
-  GARCH-t -0.0420 -> -0.0422 (DM p 1e-7), beats GARCH-t on 51% of the 39 assets with >= 100 test days, cover
-  80/50 0.795/0.525 -> 0.796/0.523; per category cover 80 crypto 0.76, FX 0.93, US stocks 0.74, EU stocks 0.83.
-  A temperature per category: NLL skill -0.0329, but cover 50 0.409 (crypto T = 2.3: cover 50 0.50 -> 0.32).
-- 3 epochs x 60 steps: T = 0.957, NLL skill -0.0466 -> -0.0465.
+Measured on the 2-core CPU (2.35M parameters, all 281 series, 118,481 test days; test NLL skill vs GARCH-t with the
+DM p-value on the date means, vs the expanding-window GARCH-t, share of the 39 assets with >= 100 test days beating
+GARCH-t, 80% / 50% coverage):
+- 12 epochs x 100 steps (the default), lambdas 0.97 and 0.985: 44.4 minutes (the three trainings, 17 + 11 + 6
+  minutes, shared the cores with test runs; 10 minutes of calibration and scoring). Val NLL: previous default
+  -2.9992, lambda 0.97 -3.0051 (chosen), 0.985 -3.0044. Test: previous default T = 1 -0.0104 (p 0.24), -0.0523, 49%,
+  0.749 / 0.463; T = 1.086 -0.0117 (p 0.20), -0.0510, 49%, 0.749 / 0.455; with widths +0.0019 (p 0.42), -0.0142,
+  56%, 0.825 / 0.529. Lambda 0.97, T = 1.137: +0.0064 (p 0.58), -0.0054, 72%, 0.774 / 0.480; with widths (the
+  default): +0.0088 (DM statistic +1.67 on the date means, p 0.09, in GARCH-t's favour there), +0.0036 (p 0.24),
+  72% (41% of 99 vs the expanding one), 0.813 / 0.522, PIT 4.3 bands; per category 80% coverage commodities 0.81,
+  crypto 0.83, EU stocks 0.79, FX 0.79, US stocks 0.767 (below the band). Widths kept by the val check: previous
+  default crypto 1.45, FX 0.86, US stocks 0.98 (its default width failed the check); lambda 0.97 default 0.952,
+  crypto 1.25, FX 0.90, indices 0.92, US stocks 0.95 (commodities, emerging and EU stocks' own widths failed).
+- 4 epochs x 100 steps, lambdas 0.94 and 0.97, temperature only: 15.5 minutes on an idle machine (2.3 to 3 minutes
+  per training). Val NLL -2.9858 / -2.9918 / -2.9932 (0.97 chosen). Test: previous default calibrated -0.0417
+  (p 2e-7), -0.0510, 51%, 0.797 / 0.525; lambda 0.94 -0.0017 (p 6e-10), -0.0135, 51%, 0.834 / 0.557; lambda 0.97
+  -0.0051 (p 0.003), -0.0142, 56%, 0.795 / 0.506, PIT 4.1 bands. Widths on these runs (fitted on all val, no check):
+  lambda 0.94 cover 0.792 / 0.505 and -0.0075 vs expanding GARCH-t; lambda 0.97 0.774 / 0.484 and -0.0169 (crypto's
+  own width 0.93 from 1,583 val days narrowed it on test). Inside val, widths fitted on the first half gained
+  +0.0036 nats/day on the second, but crypto's own (0.77 from 764 days) lost 0.049: hence the check per category.
+- Earlier, at load 3.5-8: the 4 x 100 lambda 0.94 run took 61 minutes; a close temperature per category (the
+  previous default, 4 x 100) gave NLL skill -0.0329 but 50% coverage 0.409 (crypto T = 2.3: 0.50 -> 0.32).
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ SHAPES = {"model.vocab_size": 256, "model.context_length": 128, "model.d_model":
           "model.num_heads": 4, "model.d_ff": 768, "training.learning_rate": 2e-3}
 MIN_DAYS = 100          # assets counted in the share that beats GARCH-t
 MIN_CATEGORY_DAYS = 1000  # categories whose coverage the goals check
-SCALE_LAMBDAS = (0.94,)   # the scale lever's EWMA decays tried by default (RiskMetrics)
+SCALE_LAMBDAS = (0.97, 0.985)   # the scale lever's EWMA decays tried by default (0.94, RiskMetrics' daily one, lost on val)
 
 
 def universe_csv(data: Path, folder: Path, per_category: int | None) -> tuple[Path, int]:
@@ -138,37 +146,6 @@ def goals(f: dict) -> dict:
     return out
 
 
-def category_temperatures(model, store, T: int, global_t: float, min_targets: int = 1000) -> dict:
-    """A close temperature per category, each fitted on that category's val targets alone (the global T where a
-    category has fewer than min_targets): the per-category lever, measured here, not a default."""
-    from marketgpt.calibration import close_logits, fit_temperature
-    from marketgpt.dataset import make_windows
-
-    model.close_temperature = 1.0
-    val = make_windows(store, "val", T)
-    cats = np.asarray(store.category_ids)[val[:, 3]]
-    out = {}
-    for c, name in enumerate(store.category_names):
-        logits, targets = close_logits(model, store, val[cats == c], T, 64) if (cats == c).any() else ([], [])
-        out[name] = fit_temperature(logits, targets)["close_temperature"] if len(targets) >= min_targets else global_t
-    return out
-
-
-def score_by_category(model, store, windows, T: int, density, returns, temps: dict) -> dict:
-    """score_model's output with each category's windows scored at its own close temperature, in row order."""
-    from marketgpt.evaluate import score_model
-
-    cats = np.asarray(store.category_ids)[windows[:, 3]]
-    parts = []
-    for c, name in enumerate(store.category_names):
-        if (cats == c).any():
-            model.close_temperature = temps[name]
-            parts.append(score_model(model, store, windows[cats == c], T, density, returns, 64))
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(merged["row"], kind="stable")
-    return {k: v[order] for k, v in merged.items()}
-
-
 def train_one(args, tmp: Path, name: str, epochs: int, steps: int, universe: Path, extra: list[str]) -> Path:
     from marketgpt.train import train
 
@@ -182,8 +159,8 @@ def train_one(args, tmp: Path, name: str, epochs: int, steps: int, universe: Pat
         m.startswith(("Epoch", "Val", "Calibrated", "Parameters", "Train windows"))) else None)
 
 
-def score_split(run_dir: Path, split: str, temperature) -> dict:
-    """figures() of a run on a split at a close temperature (a number, or a dict per category)."""
+def score_split(run_dir: Path, split: str, temperature: float, width: bool = True) -> dict:
+    """figures() of a run on a split at a close temperature, with the run's calibrated widths or without them."""
     from marketgpt.density import close_density
     from marketgpt.dataset import make_windows
     from marketgpt.evaluate import score_model, summarize
@@ -192,16 +169,15 @@ def score_split(run_dir: Path, split: str, temperature) -> dict:
 
     cfg, tok, store, model, _ = load_run(run_dir, "cpu")
     T = cfg.model.context_length
-    windows = make_windows(store, split, T)
-    returns = np.asarray(store.returns)
-    if isinstance(temperature, dict):
-        scores = score_by_category(model, store, windows, T, close_density(tok), returns, temperature)
-    else:
-        model.close_temperature = temperature
-        scores = score_model(model, store, windows, T, close_density(tok), returns, 64)
-    out = json_safe(figures(summarize(store, scores, returns, split, cfg.model.vocab_size, tok.channels,
-                                      lambda *a, **k: None)))
+    model.close_temperature = temperature
+    if not width:
+        model.close_width = None
+    scores = score_model(model, store, make_windows(store, split, T), T, close_density(tok), np.asarray(store.returns),
+                         64)
+    out = json_safe(figures(summarize(store, scores, np.asarray(store.returns), split, cfg.model.vocab_size,
+                                      tok.channels, lambda *a, **k: None)))
     out["close_temperature"] = temperature
+    out["close_width"] = model.close_width is not None     # what was applied: a run whose widths failed has none
     out["goals"] = goals(out)
     return out
 
@@ -210,25 +186,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=SHARED, help="folder laid out like ../shared/data (default: it)")
     ap.add_argument("--out", type=Path, default=RESULTS / "skill.json", help="result file (default %(default)s)")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; --quick 2)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 12; --quick 2)")
     ap.add_argument("--steps", type=int, default=None,
                     help="at most this many steps per epoch (default 100; --quick 30)")
     ap.add_argument("--scale-lambdas", default=",".join(map(str, SCALE_LAMBDAS)),
                     help="EWMA decays of the scale lever to train, the best on val kept (default %(default)s)")
-    ap.add_argument("--per-category", action="store_true", help="also a close temperature per category")
     ap.add_argument("--quick", action="store_true", help="two series per category and a few steps: a check")
     ap.add_argument("--keep", type=Path, default=None,
                     help="train the runs into this folder and keep them; a run already there (with its calibration) "
                          "is scored, not trained again")
     ap.add_argument("--seed", type=int, default=1337)
     args = ap.parse_args()
-    epochs = args.epochs or (2 if args.quick else 4)
+    epochs = args.epochs or (2 if args.quick else 12)
     steps = args.steps if args.steps is not None else (30 if args.quick else 100)
     lambdas = [float(x) for x in args.scale_lambdas.split(",") if x.strip()]
     if not (args.data / "manifest.csv").exists():
         print(f"{args.data}: no manifest.csv (expected <category>/<SYMBOL>.csv.gz plus manifest.csv)", file=sys.stderr)
         return 2
 
+    from marketgpt.calibration import calibrate_run
     from marketgpt.evaluate.scoring import json_safe
     from marketgpt.run import load_run
 
@@ -248,6 +224,8 @@ def main() -> int:
             reused = (run_dir / "calibration.json").exists()
             if not reused:
                 run_dir = train_one(args, tmp, name, epochs, steps, universe, extra)
+            if reused and "width_check" not in json.loads((run_dir / "calibration.json").read_text()):
+                calibrate_run(run_dir, "cpu", log=print)        # a run kept before the widths existed
             calibration = json.loads((run_dir / "calibration.json").read_text())
             log = json.loads((run_dir / "training_log.json").read_text())
             # a kept run's training time is its log's (measured when it was trained), so total counts it too
@@ -265,20 +243,18 @@ def main() -> int:
         chosen = min(scaled, key=lambda n: val[n]["overall"]["nll"]) if scaled else None
         keep = chosen if chosen and val[chosen]["overall"]["nll"] < val["previous_default"]["overall"]["nll"] else None
         base = runs["previous_default"]
-        tests = [("previous_default", "previous_default", 1.0),
-                 ("calibrated", "previous_default", base["calibration"]["close_temperature"])]
+        t_base = base["calibration"]["close_temperature"]
+        tests = [("previous_default", "previous_default", 1.0, False),
+                 ("calibrated", "previous_default", t_base, False),
+                 ("calibrated_width", "previous_default", t_base, True)]
         if chosen:
-            tests.append((chosen, chosen, runs[chosen]["calibration"]["close_temperature"]))
+            t_chosen = runs[chosen]["calibration"]["close_temperature"]
+            tests += [(f"{chosen}_temperature_only", chosen, t_chosen, False), (chosen, chosen, t_chosen, True)]
         variants = {}
-        for name, run, t in tests:
+        for name, run, t, width in tests:
             t0 = time.time()
-            variants[name] = score_split(runs[run]["dir"], "test", t)
+            variants[name] = score_split(runs[run]["dir"], "test", t, width)
             seconds[f"test_{name}"] = round(time.time() - t0, 1)
-        if args.per_category:
-            _, _, store, model, _ = load_run(base["dir"], "cpu")
-            temps = category_temperatures(model, store, SHAPES["model.context_length"],
-                                          base["calibration"]["close_temperature"])
-            variants["per_category_temperature"] = score_split(base["dir"], "test", temps)
         cfg, tok, store, model, _ = load_run(base["dir"], "cpu")
         n_assets, n_candles = len(store.symbols), int(len(store.tokens))
         params = {n: int(sum(p.numel() for p in load_run(r["dir"], "cpu")[3].parameters())) for n, r in runs.items()}
@@ -289,9 +265,7 @@ def main() -> int:
               f"cover 80/50 {v['overall']['coverage_80']:.3f}/{v['overall']['coverage_50']:.3f}", flush=True)
     for name, v in variants.items():
         o, g = v["overall"], v["overall"]["vs_garch_t"]
-        t = v["close_temperature"]
-        t = ", ".join(f"{c} {x:.3f}" for c, x in t.items()) if isinstance(t, dict) else f"{t:.3f}"
-        print(f"{name} (T = {t}): NLL skill vs GARCH-t {g['nll_skill']:+.4f} "
+        print(f"{name} (T = {v['close_temperature']:.3f}{', widths' if v['close_width'] else ''}): NLL skill vs GARCH-t {g['nll_skill']:+.4f} "
               f"(DM p {g['dm_p']:.3g}), CRPS skill {g['crps_skill']:+.4f}; vs RW {o['vs_random_walk']['nll_skill']:+.4f}; "
               f"share >= {MIN_DAYS} days beating GARCH-t {v['share_beating_garch_t_min_days']} of "
               f"{v['assets_min_days_with_garch_t']}; vs expanding GARCH-t "
@@ -299,7 +273,7 @@ def main() -> int:
               f"{v['share_beating_garch_t_expanding_min_days']} of {v['assets_min_days_with_garch_t_expanding']}; "
               f"coverage 80% {o['coverage_80']:.3f}, 50% {o['coverage_50']:.3f}; "
               f"PIT max deviation {o['pit_max_dev_in_band']:.1f} bands; goals met: {v['goals']['all_met']}", flush=True)
-    default = keep or "calibrated"
+    default = keep or "calibrated_width"
     result = {"benchmark": "skill", "machine": mach, "quick": args.quick,
               "data": f"{n_assets} daily series of {args.data}, {n_candles:,} candles"
                       + (" (--quick: the 2 longest per category)" if args.quick else ""),
