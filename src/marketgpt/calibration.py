@@ -13,7 +13,8 @@ same bins (width_map, a V x V matrix: probs @ width_map(c)), so the quantiles mo
 decoding stay the tokenizer's. Each category with >= MIN_CATEGORY_TARGETS val targets gets its own c, the others and
 categories the run never saw the c of all val targets, each by bounded Brent on log c in [log 0.5, log 2] at the
 fitted T. Widths are in-sample on val, so before they are kept they must pass check_widths: fitted on the val days
-before the middle val date, they must lower the NLL of the days after; a run whose widths fail it has none.
+before the middle val date, they must lower the NLL of the days after, significantly (a one-sided Diebold-Mariano
+test on the date means at 5%); a run whose widths fail it has none.
 
 Where: at the end of training, before the test evaluation (training.calibrate, default on), and on demand with
 `marketgpt evaluate RUN_DIR --calibrate` (runs trained before calibration existed). Stored as calibration.json in
@@ -130,13 +131,18 @@ def width_map(density, c: float):
     return np.diff(np.concatenate([np.zeros((V, 1)), cdf, np.ones((V, 1))], axis=1), axis=1)
 
 
-def widened_nll(logits, targets, t: float, matrix) -> float:
-    """Mean NLL (nats) of the targets under softmax(logits / t) @ matrix (a width_map)."""
+def widened_nlls(logits, targets, t: float, matrix):
+    """NLL (nats, (n,) float64) of each target under softmax(logits / t) @ matrix (a width_map)."""
     import torch
 
     probs = torch.softmax(logits.double() / t, dim=-1)
     columns = torch.as_tensor(matrix, dtype=torch.float64)[:, targets.long()].T       # (n, V): M[v, target]
-    return float(-torch.log((probs * columns).sum(-1).clamp_min(1e-300)).mean())
+    return -torch.log((probs * columns).sum(-1).clamp_min(1e-300))
+
+
+def widened_nll(logits, targets, t: float, matrix) -> float:
+    """Mean NLL (nats) of the targets under softmax(logits / t) @ matrix (a width_map)."""
+    return float(widened_nlls(logits, targets, t, matrix).mean())
 
 
 def fit_width(logits, targets, t: float, density, bounds=WIDTH_BOUNDS) -> float:
@@ -182,24 +188,48 @@ def width_tensor(width: dict | None, density, category_names, unknown: bool):
     return torch.from_numpy(np.stack([maps[c] for c in cs])).float()
 
 
-def calibrated_nll(logits, targets, categories, t: float, widths, density) -> float:
-    """Mean NLL of the targets after the temperature and the width of their category (widths[category id])."""
+def calibrated_nlls(logits, targets, categories, t: float, widths, density):
+    """NLL ((n,) float64) of each target after the temperature and the width of its category (widths[category id])."""
     import torch
 
     categories = torch.as_tensor(categories)
-    total = 0.0
+    out = torch.empty(len(targets), dtype=torch.float64)
     for k in torch.unique(categories).tolist():
         rows = categories == k
-        total += float(rows.sum()) * widened_nll(logits[rows], targets[rows], t, width_map(density, widths[k]))
-    return total / len(targets)
+        out[rows] = widened_nlls(logits[rows], targets[rows], t, width_map(density, widths[k]))
+    return out
+
+
+def calibrated_nll(logits, targets, categories, t: float, widths, density) -> float:
+    """Mean NLL of the targets after the temperature and the width of their category (widths[category id])."""
+    return float(calibrated_nlls(logits, targets, categories, t, widths, density).mean())
+
+
+#: a width is kept when its mean NLL gain on the later val days is > 0 and its Diebold-Mariano statistic (on the date
+#: means, as evaluation's) below -CHECK_Z: one-sided 5%. A gain that is noise (4.7e-5 nats/day on a small run) keeps
+#: none; so does a loss per target that the date means (weekends: crypto alone) would turn into a gain.
+CHECK_Z = 1.645
+
+
+def _gain(before, after, dates) -> tuple[float, float]:
+    """(mean NLL gain per target, DM statistic of after - before on the date means) of two per-target NLLs."""
+    import numpy as np
+
+    from .metrics import diebold_mariano
+
+    d = (after - before).numpy()
+    _, index = np.unique(dates, return_inverse=True)
+    by_date = np.bincount(index, weights=d) / np.bincount(index)
+    return float(-d.mean()), diebold_mariano(by_date, np.zeros_like(by_date)).statistic
 
 
 def check_widths(logits, targets, categories, dates, category_names, t: float, density,
                  min_targets: int = MIN_CATEGORY_TARGETS) -> dict:
     """Which widths help out of sample? Fitted (fit_widths, min_targets halved) on the val targets dated before the
     middle val date, scored on the others: the default width is kept if it beats none (c = 1) there, a category's own
-    width if it beats what the category would get otherwise (the kept default, or none) on its later targets. Why: on
-    764 val days, crypto's own width (0.77) cost 0.049 nats/day on the next 819 (bench/skill.py, lambda 0.97)."""
+    width if it beats what the category would get otherwise (the kept default, or none) on its later targets, each
+    by a DM statistic below -CHECK_Z. Why: on 764 val days, crypto's own width (0.77) cost 0.049 nats/day on the next
+    819 (bench/skill.py, lambda 0.97)."""
     import numpy as np
     import torch
 
@@ -208,26 +238,29 @@ def check_widths(logits, targets, categories, dates, category_names, t: float, d
     cut = days[len(days) // 2]
     early, late = torch.as_tensor(dates < cut), torch.as_tensor(dates >= cut)
     out = {"split_date": str(cut), "targets_after": int(late.sum()), "default_kept": False, "own": [], "nll_gain": None,
-           "kept": False}
+           "kept": False, "z": CHECK_Z}
     if not early.any() or not late.any():
         return out
     fit = fit_widths(logits[early], targets[early], categories[early], category_names, t, density, min_targets // 2)
-    lg, tg, cat = logits[late], targets[late], categories[late]
+    lg, tg, cat, day = logits[late], targets[late], categories[late], dates[late.numpy()]
     K = len(category_names)
-    default_gain = calibrated_nll(lg, tg, cat, t, [1.0] * K, density) - calibrated_nll(lg, tg, cat, t,
-                                                                                       [fit["default"]] * K, density)
-    base = fit["default"] if default_gain > 0 else 1.0
+    none = calibrated_nlls(lg, tg, cat, t, [1.0] * K, density)
+    default_gain, default_stat = _gain(none, calibrated_nlls(lg, tg, cat, t, [fit["default"]] * K, density), day)
+    default_kept = default_gain > 0 and default_stat < -CHECK_Z
+    base = fit["default"] if default_kept else 1.0
     gains = {}
     for name, c in fit["per_category"].items():
         rows = cat == category_names.index(name)
-        if rows.any():
-            gains[name] = (widened_nll(lg[rows], tg[rows], t, width_map(density, base))
-                           - widened_nll(lg[rows], tg[rows], t, width_map(density, c)))
-    own = sorted(n for n, g in gains.items() if g > 0)
+        if rows.sum() > 1:
+            mine = widened_nlls(lg[rows], tg[rows], t, width_map(density, c))
+            theirs = widened_nlls(lg[rows], tg[rows], t, width_map(density, base))
+            gains[name] = dict(zip(("nll_gain", "dm_statistic"), _gain(theirs, mine, day[rows.numpy()])))
+    own = sorted(n for n, g in gains.items() if g["nll_gain"] > 0 and g["dm_statistic"] < -CHECK_Z)
     chosen = [fit["per_category"][n] if n in own else base for n in category_names]
-    gain = calibrated_nll(lg, tg, cat, t, [1.0] * K, density) - calibrated_nll(lg, tg, cat, t, chosen, density)
-    return {**out, "fitted_before": fit, "default_gain": default_gain, "default_kept": default_gain > 0,
-            "category_gain": gains, "own": own, "nll_gain": gain, "kept": default_gain > 0 or bool(own)}
+    gain = float((none - calibrated_nlls(lg, tg, cat, t, chosen, density)).mean())
+    return {**out, "fitted_before": fit, "default_gain": default_gain, "default_dm_statistic": default_stat,
+            "default_kept": default_kept, "category_gain": gains, "own": own, "nll_gain": gain,
+            "kept": default_kept or bool(own)}
 
 
 def calibrate_run(run_dir, device=None, log=print) -> dict:
@@ -266,7 +299,7 @@ def calibrate_run(run_dir, device=None, log=print) -> dict:
                    "minimises the val split's mean close-token NLL over log T in the bounds, then each category's c "
                    "(or the default's, from all val targets) the NLL of its targets at that T, over log c (bounded "
                    "Brent); the default and each category's own width only where, fitted on the val days before the "
-                   "middle val date, they lower the NLL of the days after (width_check)"}
+                   "middle val date, they lower the NLL of the days after, DM statistic below -1.645 (width_check)"}
     write_json(out, run_dir / CALIBRATION_FILE)
     if width:
         widths = ", ".join(f"{k} {v:.3f}" for k, v in width["per_category"].items())

@@ -9,8 +9,8 @@ RMS close return), and sigma never drops below FLOOR (a flat stretch would other
 
 Measured by bench/skill.py (281 daily series of ../shared/data, vocab 256, 2.35M parameters, 12 x 100 steps; lambda
 0.97 chosen on val over 0.985, and over RiskMetrics' 0.94 at 4 x 100 steps): test NLL skill vs GARCH(1,1)-t
--0.0117 -> +0.0064 nats/day with the temperature alone (+0.0019 -> +0.0088 with the calibration's widths), share of
-the 39 assets with >= 100 test days beating GARCH-t 49% -> 72%.
+-0.0117 -> +0.0064 nats/day with the temperature alone (+0.0019 -> +0.0090 with the calibration's widths), share of
+the 39 assets with >= 100 test days beating GARCH-t 49% -> 72% (77% with the widths).
 
 The model is given log(sigma / REFERENCE) of the candle it predicts (known at the candle before: it uses returns up
 to there), and the density of the raw return is the density of z = r / sigma divided by sigma (NLL + log sigma).
