@@ -121,11 +121,9 @@ def width_map(density, c: float):
     edges = np.asarray(density.edges[1:-1], dtype=np.float64)     # the V - 1 finite edges
     V = edges.size + 1
     s_lo, s_hi = density.tail_scale
-    lo, hi = c * edges[:-1, None], c * edges[1:, None]             # inner pieces 1..V-2, stretched
-    width = hi - lo
+    lo, hi = c * edges[:-1, None], c * edges[1:, None]             # inner pieces 1..V-2, stretched (edges increase)
     cdf = np.empty((V, V - 1))                                      # cdf[i, k]: piece i's mass below edge k
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cdf[1:-1] = np.where(width > 0, np.clip((edges - lo) / width, 0.0, 1.0), (edges >= lo).astype(np.float64))
+    cdf[1:-1] = np.clip((edges - lo) / (hi - lo), 0.0, 1.0)
     cdf[0] = np.exp((np.minimum(edges, c * edges[0]) - c * edges[0]) / (c * s_lo))
     cdf[-1] = -np.expm1(-(np.maximum(edges, c * edges[-1]) - c * edges[-1]) / (c * s_hi))
     return np.diff(np.concatenate([np.zeros((V, 1)), cdf, np.ones((V, 1))], axis=1), axis=1)
@@ -173,6 +171,11 @@ def fit_widths(logits, targets, categories, category_names, t: float, density,
             "bounds": list(WIDTH_BOUNDS)}
 
 
+def category_widths(width: dict, category_names) -> list[float]:
+    """The width of each category id: its own, or the default."""
+    return [width["per_category"].get(name, width["default"]) for name in category_names]
+
+
 def width_tensor(width: dict | None, density, category_names, unknown: bool):
     """The model's close_width (K, V, V) float32 for category ids 0..K-1 (K = the run's categories, plus the unknown
     one), or None where every width is 1 (no width, or a run calibrated before widths existed)."""
@@ -181,7 +184,7 @@ def width_tensor(width: dict | None, density, category_names, unknown: bool):
 
     if width is None:
         return None
-    cs = [width["per_category"].get(name, width["default"]) for name in category_names] + [width["default"]] * unknown
+    cs = category_widths(width, category_names) + [width["default"]] * unknown
     if all(c == 1.0 for c in cs):
         return None
     maps = {c: width_map(density, c) for c in set(cs)}
@@ -290,8 +293,8 @@ def calibrate_run(run_dir, device=None, log=print) -> dict:
     if check["kept"]:
         width = fit_widths(logits, targets, categories, store.category_names, t, density, only=set(check["own"]))
         width["default"] = width["default"] if check["default_kept"] else 1.0
-        per = [width["per_category"].get(name, width["default"]) for name in store.category_names]
-        width["val_close_nll_after"] = calibrated_nll(logits, targets, categories, t, per, density)
+        width["val_close_nll_after"] = calibrated_nll(logits, targets, categories, t,
+                                                      category_widths(width, store.category_names), density)
     out = {**fit, "close_width": width, "width_check": check, "split": "val", "best_epoch": epoch,
            "fitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "rule": "close head probabilities p^(1/T) renormalised (logits / T), then widened by the row's category's "

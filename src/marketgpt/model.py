@@ -231,7 +231,7 @@ class MarketGPT(nn.Module):
         widened = torch.empty_like(probs)
         for k in torch.unique(category).tolist():       # one (V, V) map per category present, not one per row
             rows = category == k
-            widened[rows] = probs[rows] @ self.close_width[k].to(probs.device)
+            widened[rows] = probs[rows] @ self.close_width[k]
         return torch.log(widened.clamp_min(1e-30)).to(logits.dtype)
 
     def channel_logits(self, h: torch.Tensor, targets: torch.Tensor | None, category: torch.Tensor) -> torch.Tensor:

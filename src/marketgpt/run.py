@@ -103,9 +103,9 @@ def load_run(run_dir, device=None, calibrated: bool = True):
     import torch
 
     from .calibration import read_calibration, width_tensor
-    from .density import close_density
     from .checkpoint import load_checkpoint
     from .dataset import TokenStore
+    from .density import close_density
     from .model import MarketGPT
     from .tokenizer import CandleTokenizer
 
