@@ -128,7 +128,10 @@ def rows_skill(r: dict) -> list[list[str]]:
     def text(v):
         o, g = v["overall"], v["overall"]["vs_garch_t"]
         share = v["share_beating_garch_t_min_days"]
-        return (f"NLL skill vs GARCH-t {g['nll_skill']:+.4f} (DM p {g['dm_p']:.2g}), vs RW "
+        pooled = (f", {g['pooled_dm_statistic']:+.2f} (p {g['pooled_dm_p']:.2g}) on the asset-days"
+                  if g.get("pooled_dm_p") is not None else "")
+        return (f"NLL skill vs GARCH-t {g['nll_skill']:+.4f} (DM {g['dm_statistic']:+.2f} (p {g['dm_p']:.2g}) on the "
+                f"date means{pooled}; < 0 favours the model), vs RW "
                 f"{o['vs_random_walk']['nll_skill']:+.4f}; CRPS skill vs GARCH-t {g['crps_skill']:+.4f}; beats GARCH-t on "
                 f"{'n/a' if share is None else f'{share:.0%}'} of {v['assets_min_days_with_garch_t']} assets >= 100 "
                 f"test days;{expanding(v)} cover 80/50 {o['coverage_80']:.3f}/{o['coverage_50']:.3f}")
@@ -159,10 +162,15 @@ def rows_skill(r: dict) -> list[list[str]]:
         lam = r["runs"][chosen]["scale_lambda"]
         rows += [[f"the scale lever: features over a past-only EWMA sigma (lambda {lam:g}, the best on val), log sigma "
                   f"into the model, calibrated (T = {v[chosen]['close_temperature']:.3f} and widths); "
-                  f"{'the default now' if r.get('kept') else 'worse on val, not kept'}", text(v[chosen]),
+                  + ("the configs' default" if r.get("kept") else "worse on val, not kept"), text(v[chosen]),
                   "previous default (row above)", gain(v[chosen]), met(v[chosen]["goals"]["all_met"])],
                  ["the scale lever, the temperature alone", text(v[f"{chosen}_temperature_only"]),
                   "previous default (row above)", gain(v[f"{chosen}_temperature_only"]), ""]]
+    pooled = r.get("ensemble_kept")
+    if pooled:
+        rows.append([f"the linear pool of {r['seeds']} seeds of the scale lever (`marketgpt ensemble`), each "
+                     f"calibrated; better than one run on val{', kept' if r.get('kept') == pooled else ''}",
+                     text(v[pooled]), "previous default (row above)", gain(v[pooled]), met(v[pooled]["goals"]["all_met"])])
     return rows
 
 

@@ -189,6 +189,40 @@ def test_diebold_mariano_size_under_the_null():
     assert M.newey_west_lag(1000) == 6                               # floor(4 * 10^(2/9)) = floor(6.67)
 
 
+def test_pooled_diebold_mariano_tests_the_asset_day_mean():
+    # 20 weekdays of 10 assets at d = -1 and 12 weekend days of 1 asset at d = +2: the asset-day mean is negative
+    # (the model better), the mean of the date means positive; the pooled test follows the asset-day mean
+    rng = np.random.default_rng(3)
+    dates = np.concatenate([np.repeat(np.arange(20), 10), np.arange(20, 32)])
+    d = np.concatenate([rng.normal(-1, 0.3, 200), rng.normal(2, 0.3, 12)])
+    pooled = M.pooled_diebold_mariano(d, dates)
+    date_means = np.array([d[dates == t].mean() for t in range(32)])
+    assert pooled.mean_difference == pytest.approx(d.mean()) and pooled.n == 32
+    assert pooled.statistic < -2 and M.diebold_mariano(date_means, np.zeros(32)).statistic > 0
+    # rows in any order give the same test; one asset per date is the plain DM on the dates
+    order = rng.permutation(d.size)
+    assert M.pooled_diebold_mariano(d[order], dates[order]).statistic == pytest.approx(pooled.statistic)
+    series = rng.normal(size=50)
+    assert M.pooled_diebold_mariano(series, np.arange(50)).statistic == pytest.approx(
+        M.diebold_mariano(series, np.zeros(50)).statistic)
+    # NaN rows are left out
+    assert M.pooled_diebold_mariano(np.append(d, np.nan), np.append(dates, 3)).statistic == pytest.approx(
+        pooled.statistic)
+
+
+def test_pooled_diebold_mariano_size_with_a_common_shock_per_date():
+    # d = a shock common to a date's 30 assets + own noise, mean 0: testing the 30 x 200 rows as independent
+    # rejects far too often; the pooled test (each date a cluster) keeps its size
+    rng = np.random.default_rng(1)
+    dates = np.repeat(np.arange(200), 30)
+    pooled = naive = 0
+    for _ in range(300):
+        d = np.repeat(rng.normal(size=200), 30) + rng.normal(size=6000)
+        pooled += M.pooled_diebold_mariano(d, dates).p_value < 0.05
+        naive += M.diebold_mariano(d, np.zeros_like(d), lag=0).p_value < 0.05
+    assert 0.02 <= pooled / 300 <= 0.09 and naive / 300 > 0.4
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-5, 5), min_size=3, max_size=60), st.integers(0, 6))
 def test_newey_west_variance_is_never_negative(d, lag):

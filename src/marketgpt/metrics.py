@@ -26,7 +26,7 @@ __all__ = [
     "binned_cdf", "binned_nll", "binned_crps", "binned_ppf",
     "gaussian_nll", "gaussian_crps", "gaussian_cdf", "student_t_nll", "student_t_crps", "student_t_cdf",
     "coverage", "pit_histogram", "wilson_interval", "newey_west_lag", "newey_west_variance",
-    "DMResult", "diebold_mariano",
+    "DMResult", "diebold_mariano", "pooled_diebold_mariano",
 ]
 
 _CHUNK_ELEMENTS = 1 << 22   # rows x bins processed at once by the binned functions (bounded memory)
@@ -352,3 +352,20 @@ def diebold_mariano(loss_a, loss_b, lag: int | None = None) -> DMResult:
         return DMResult(stat, 1.0 if mean == 0 else 0.0, mean, n, lag)
     stat = mean / math.sqrt(var / n)
     return DMResult(stat, float(2 * special.ndtr(-abs(stat))), mean, n, lag)
+
+
+def pooled_diebold_mariano(d, dates) -> DMResult:
+    """DM test of the mean of d over all (asset, date) pairs of a panel: the estimand of a pooled mean skill.
+
+    The per-date sums of d divided by the mean count per date form one series whose mean is the pooled mean; its
+    HAC variance across dates treats each date's assets as one cluster (their errors are correlated) and keeps
+    the serial correlation. The date-mean DM (diebold_mariano on the per-date means) weighs a date of one asset
+    as much as a date of hundreds; the two differ where the per-date count does (weekends: crypto alone).
+    """
+    d = np.asarray(d, dtype=np.float64)
+    dates = np.asarray(dates)
+    ok = np.isfinite(d)
+    _, inverse = np.unique(dates[ok], return_inverse=True)
+    sums = np.bincount(inverse, weights=d[ok]) if ok.any() else np.zeros(0)
+    per_date = sums / (ok.sum() / sums.size) if sums.size else sums
+    return diebold_mariano(per_date, np.zeros_like(per_date))

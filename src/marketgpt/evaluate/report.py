@@ -13,7 +13,7 @@ def get_path(block: dict, path):
     for key in path:
         if block is None:
             return None
-        block = block[key] if isinstance(block, dict) else block[int(key)]
+        block = block.get(key) if isinstance(block, dict) else block[int(key)]   # results of older versions lack keys
     return block
 
 
@@ -39,6 +39,8 @@ NLL_COLUMNS = [
     ("p (RW)", ("dm", "vs_random_walk", "p_value"), ".3g"),
     ("DM vs GARCH-t", ("dm", "vs_garch_t", "statistic"), "+.2f"),
     ("p (GARCH-t)", ("dm", "vs_garch_t", "p_value"), ".3g"),
+    ("pooled DM vs GARCH-t", ("dm_pooled", "vs_garch_t", "statistic"), "+.2f"),
+    ("pooled p", ("dm_pooled", "vs_garch_t", "p_value"), ".3g"),
     ("GARCH-t exp.", ("garch_t_expanding", "nll"), ".4f"),
     ("skill vs GARCH-t exp.", ("skill", "nll_vs_garch_t_expanding"), "+.4f"),
     ("p (GARCH-t exp.)", ("dm", "vs_garch_t_expanding", "p_value"), ".3g"),
@@ -123,8 +125,9 @@ def headline(results: dict) -> str:
         f"as in training), "
         f"{results['targets']} targets",
         f"close return NLL skill vs GARCH-t {fv(h['nll_skill_vs_garch_t'], '+.4f')} nats/day "
-        f"(> 0: the model is better; DM {fv(dm['statistic'], '+.2f')}, p {fv(dm['p_value'], '.3g')}, DM < 0 "
-        f"favours the model), vs RW {fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
+        f"(> 0: the model is better; DM on the date means {fv(dm['statistic'], '+.2f')}, p "
+        f"{fv(dm['p_value'], '.3g')}, on the asset-days {fv(get_path(ov, ('dm_pooled', 'vs_garch_t', 'statistic')), '+.2f')}"
+        f", p {fv(get_path(ov, ('dm_pooled', 'vs_garch_t', 'p_value')), '.3g')}; DM < 0 favours the model), vs RW {fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
         f"CRPS skill vs GARCH-t {fv(h['crps_skill_vs_garch_t'], '+.4f')}, vs RW {fv(h['crps_skill_vs_random_walk'], '+.4f')}",
         f"model beats GARCH-t on NLL for {h['assets_beating_garch_t_nll']}/{h['assets_with_garch_t']} assets "
         f"(share {fv(h['share_beating_garch_t_nll'], '.4f')}); against GARCH-t refitted on an expanding window: "

@@ -160,7 +160,7 @@ def return_block(df) -> dict:
     for level in COVERAGE_LEVELS:
         block["model"][f"coverage_{round(100 * level)}"] = M.coverage(pit, level)
     block["model"]["pit_histogram"] = M.pit_histogram(pit, PIT_BINS).tolist()
-    block["skill"], block["dm"] = {}, {}
+    block["skill"], block["dm"], block["dm_pooled"] = {}, {}, {}
     for b in BASELINES:
         ok = df[f"{b}_nll"].notna().to_numpy()
         sub = df[ok]
@@ -172,8 +172,10 @@ def return_block(df) -> dict:
         model_nll, model_crps = mean_or_nan(sub["model_nll"]), mean_or_nan(sub["model_crps"])
         block["skill"][f"nll_vs_{b}"] = bb["nll"] - model_nll if len(sub) else float("nan")
         block["skill"][f"crps_vs_{b}"] = 1.0 - model_crps / bb["crps"] if len(sub) and bb["crps"] > 0 else float("nan")
-        d = (sub["model_nll"] - sub[f"{b}_nll"]).groupby(sub["date"]).mean().sort_index().to_numpy()
+        diff = sub["model_nll"] - sub[f"{b}_nll"]
+        d = diff.groupby(sub["date"]).mean().sort_index().to_numpy()
         block["dm"][f"vs_{b}"] = M.diebold_mariano(d, np.zeros_like(d)).to_dict()
+        block["dm_pooled"][f"vs_{b}"] = M.pooled_diebold_mariano(diff.to_numpy(), sub["date"].to_numpy()).to_dict()
     up_pred = df["p_up"].to_numpy() > 0.5
     hits = int((up_pred == (y > 0)).sum())
     lo, hi = M.wilson_interval(hits, len(y))
@@ -261,6 +263,9 @@ def summarize(store, scores: dict, returns, split: str, vocab_size: int, channel
         "crps_skill": "1 - mean CRPS of the model / mean CRPS of the baseline (> 0: the model is better)",
         "dm": "Diebold-Mariano on d = NLL_model - NLL_baseline averaged over the group's assets per date; "
               "Newey-West HAC, lag floor(4 (n/100)^(2/9)); two-sided normal p-value; < 0: the model is better",
+        "dm_pooled": "Diebold-Mariano of the mean of d over all the group's asset-days (the mean nll_skill tests): "
+                     "per-date sums of d over the mean count per date, HAC across dates as for dm (each date's "
+                     "assets one cluster); it and dm differ where dates hold different numbers of assets",
         "direction": "up when P(y > 0) > 0.5 under the model; hit when up matches y > 0; Wilson 95% interval",
         "coverage": "share of days with y inside the central 80% / 50% interval (PIT within [0.1, 0.9] / [0.25, 0.75])",
         "persistence": "point forecast: previous candle's token; NLL of lambda * point mass + (1 - lambda) * "
