@@ -170,7 +170,8 @@ def rows_skill(r: dict) -> list[list[str]]:
     if pooled:
         rows.append([f"the linear pool of {r['seeds']} seeds of the scale lever (`marketgpt ensemble`), each "
                      f"calibrated; better than one run on val{', kept' if r.get('kept') == pooled else ''}",
-                     text(v[pooled]), "previous default (row above)", gain(v[pooled]), met(v[pooled]["goals"]["all_met"])])
+                     text(v[pooled]), "previous default (row above)", gain(v[pooled]),
+                     met(v[pooled]["goals"]["all_met"])])
     return rows
 
 

@@ -12,26 +12,26 @@ check inside val): one with model.scale_lambda 0 (the previous default) and one 
 The scaled run with the lowest val NLL of the raw close return (calibrated) is the one chosen; --seeds - 1 more runs
 of it (seeds --seed + 1, ...) are trained and pooled with it (`marketgpt ensemble`: the mean of the calibrated
 members' probabilities), and the pool replaces the single run where its val NLL is lower (`ensemble_kept`). The
-best is kept (`kept`) only if its val NLL beats the previous default's. Test is scored once per configuration by the code of
-`marketgpt evaluate` (score_model + summarize; a scaled run's density carries the Jacobian, so its NLL is in nats of
-the raw return, comparable with GARCH-t's): the previous default at T = 1, at its T, and at its T and widths; the
-chosen scaled run at its T, and at its T and widths; the pool of its seeds. They share rows and baselines, so their differences are the
-levers, measured side by side.
+best is kept (`kept`) only if its val NLL beats the previous default's. Test is scored once per configuration by
+the code of `marketgpt evaluate` (score_model + summarize; a scaled run's density carries the Jacobian, so its NLL
+is in nats of the raw return, comparable with GARCH-t's): the previous default at T = 1, at its T, and at its T and
+widths; the chosen scaled run at its T, and at its T and widths; the pool of its seeds. They share rows and
+baselines, so their differences are the levers, measured side by side.
 
 Figures per variant: the share of assets with >= 100 test days (and a GARCH-t baseline) whose mean NLL beats
 GARCH-t's; mean NLL skill (nats/day) and CRPS skill against GARCH-t and RW with two Diebold-Mariano tests, as
-`marketgpt evaluate` gives them: on the date means (`dm_*`) and pooled over the asset-days (`pooled_dm_*`, the test of
-the mean skill: metrics.pooled_diebold_mariano); coverage of the central 50% and 80% intervals and the PIT histogram, overall
-and per category. PIT flatness: the largest |share - 0.1| of the 10 bins in units of the 95% band
+`marketgpt evaluate` gives them: on the date means (`dm_*`) and pooled over the asset-days (`pooled_dm_*`, the test
+of the mean skill: metrics.pooled_diebold_mariano); coverage of the central 50% and 80% intervals and the PIT
+histogram, overall and per category. PIT flatness: the largest |share - 0.1| of the 10 bins in units of the 95% band
 1.96 sqrt(0.09 / n) of independent days (days of one date are correlated across assets, so the true band is wider).
 The goals of the skill target are checked in `goals`; the DM goal there is the pooled one (the date-mean one is
 reported beside it: on test, 440 of the 1,542 dates with a GARCH-t fit are weekends that carry one crypto asset
 alone, 1% of the asset-days but 29% of the weight of a date-mean test).
 
 Run: `python bench/skill.py [--data FOLDER] [--out FILE] [--epochs N] [--steps N] [--scale-lambdas L,..]
-[--seeds N] [--keep DIR] [--quick]`. `--quick`: two assets per category (the longest), 2 epochs of at most 30 steps, to check
-that the protocol runs. `--keep DIR`: the runs are trained into DIR and kept; a run already there is scored again
-without training (and calibrated again if its calibration predates the width check); its training time is its
+[--seeds N] [--keep DIR] [--quick]`. `--quick`: two assets per category (the longest), 2 epochs of at most 30 steps,
+to check that the protocol runs. `--keep DIR`: the runs are trained into DIR and kept; a run already there is scored
+again without training (and calibrated again if its calibration predates the width check); its training time is its
 log's.
 
 Measured on the 2-core CPU (2.35M parameters, all 281 series, 118,481 test days; test NLL skill vs GARCH-t with the
@@ -178,7 +178,8 @@ def train_one(args, tmp: Path, name: str, epochs: int, steps: int, universe: Pat
 
     overrides = [f"data.universe={universe}", f"data.provider=files:{args.data.resolve()}",
                  f"data.data_dir={tmp / 'cache'}", "data.on_bad_rows=drop",
-                 f"training.checkpoint_dir={tmp}", f"training.seed={args.seed if seed is None else seed}", "training.evaluate=false",
+                 f"training.checkpoint_dir={tmp}", f"training.seed={args.seed if seed is None else seed}",
+                 "training.evaluate=false",
                  "training.calibrate=true", f"training.epochs={epochs}", f"training.max_steps_per_epoch={steps}",
                  *(f"{k}={v}" for k, v in SHAPES.items()), *extra]
     print(f"--- training {name}", flush=True)
@@ -325,8 +326,9 @@ def main() -> int:
         o, g = v["overall"], v["overall"]["vs_garch_t"]
         t = "members' own" if v["close_temperature"] is None else f"{v['close_temperature']:.3f}"
         print(f"{name} (T = {t}{', widths' if v['close_width'] else ''}): NLL skill vs GARCH-t {g['nll_skill']:+.4f} "
-              f"(DM p {g['dm_p']:.3g} on the date means, {g['pooled_dm_statistic']:+.2f} p {g['pooled_dm_p']:.3g} on the "
-              f"asset-days), CRPS skill {g['crps_skill']:+.4f}; vs RW {o['vs_random_walk']['nll_skill']:+.4f}; "
+              f"(DM p {g['dm_p']:.3g} on the date means, {g['pooled_dm_statistic']:+.2f} p "
+              f"{g['pooled_dm_p']:.3g} on the asset-days), CRPS skill {g['crps_skill']:+.4f}; "
+              f"vs RW {o['vs_random_walk']['nll_skill']:+.4f}; "
               f"share >= {MIN_DAYS} days beating GARCH-t {v['share_beating_garch_t_min_days']} of "
               f"{v['assets_min_days_with_garch_t']}; vs expanding GARCH-t "
               f"{o['vs_garch_t_expanding']['nll_skill']:+.4f} (DM p {o['vs_garch_t_expanding']['dm_p']:.3g}), share "

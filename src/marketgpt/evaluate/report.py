@@ -118,7 +118,7 @@ def headline(results: dict) -> str:
     s = _split_of(results)
     h, ov = results["headline"], results["returns"]["overall"]
     fv = format_value
-    dm = ov["dm"]["vs_garch_t"]
+    dm, pooled = ov["dm"]["vs_garch_t"], get_path(ov, ("dm_pooled", "vs_garch_t"))
     lines = [
         f"{results.get('name', 'run')} {s}: loss {fv(results[f'{s}_loss'], '.4f')} (unigram "
         f"{fv(results['unigram_loss'], '.4f')}), accuracy {fv(results[f'{s}_accuracy'], '.1%')} (mean over channels, "
@@ -126,8 +126,9 @@ def headline(results: dict) -> str:
         f"{results['targets']} targets",
         f"close return NLL skill vs GARCH-t {fv(h['nll_skill_vs_garch_t'], '+.4f')} nats/day "
         f"(> 0: the model is better; DM on the date means {fv(dm['statistic'], '+.2f')}, p "
-        f"{fv(dm['p_value'], '.3g')}, on the asset-days {fv(get_path(ov, ('dm_pooled', 'vs_garch_t', 'statistic')), '+.2f')}"
-        f", p {fv(get_path(ov, ('dm_pooled', 'vs_garch_t', 'p_value')), '.3g')}; DM < 0 favours the model), vs RW {fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
+        f"{fv(dm['p_value'], '.3g')}, on the asset-days {fv(get_path(pooled, ('statistic',)), '+.2f')}, p "
+        f"{fv(get_path(pooled, ('p_value',)), '.3g')}; DM < 0 favours the model), vs RW "
+        f"{fv(h['nll_skill_vs_random_walk'], '+.4f')}; "
         f"CRPS skill vs GARCH-t {fv(h['crps_skill_vs_garch_t'], '+.4f')}, vs RW {fv(h['crps_skill_vs_random_walk'], '+.4f')}",
         f"model beats GARCH-t on NLL for {h['assets_beating_garch_t_nll']}/{h['assets_with_garch_t']} assets "
         f"(share {fv(h['share_beating_garch_t_nll'], '.4f')}); against GARCH-t refitted on an expanding window: "
