@@ -199,6 +199,9 @@ def test_pooled_diebold_mariano_tests_the_asset_day_mean():
     date_means = np.array([d[dates == t].mean() for t in range(32)])
     assert pooled.mean_difference == pytest.approx(d.mean()) and pooled.n == 32
     assert pooled.statistic < -2 and M.diebold_mariano(date_means, np.zeros(32)).statistic > 0
+    by_dates = M.date_mean_diebold_mariano(d, dates)
+    assert by_dates.statistic == pytest.approx(M.diebold_mariano(date_means, np.zeros(32)).statistic)
+    assert by_dates.mean_difference == pytest.approx(date_means.mean())
     # rows in any order give the same test; one asset per date is the plain DM on the dates
     order = rng.permutation(d.size)
     assert M.pooled_diebold_mariano(d[order], dates[order]).statistic == pytest.approx(pooled.statistic)
@@ -208,6 +211,9 @@ def test_pooled_diebold_mariano_tests_the_asset_day_mean():
     # NaN rows are left out
     assert M.pooled_diebold_mariano(np.append(d, np.nan), np.append(dates, 3)).statistic == pytest.approx(
         pooled.statistic)
+    # no finite row: no test
+    empty = M.pooled_diebold_mariano([np.nan], [0])
+    assert empty.n == 0 and math.isnan(empty.statistic) and M.date_mean_diebold_mariano([], []).n == 0
 
 
 def test_pooled_diebold_mariano_size_with_a_common_shock_per_date():

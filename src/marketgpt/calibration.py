@@ -216,14 +216,10 @@ CHECK_Z = 1.645
 
 def _gain(before, after, dates) -> tuple[float, float]:
     """(mean NLL gain per target, DM statistic of after - before on the date means) of two per-target NLLs."""
-    import numpy as np
-
-    from .metrics import diebold_mariano
+    from .metrics import date_mean_diebold_mariano
 
     d = (after - before).numpy()
-    _, index = np.unique(dates, return_inverse=True)
-    by_date = np.bincount(index, weights=d) / np.bincount(index)
-    return float(-d.mean()), diebold_mariano(by_date, np.zeros_like(by_date)).statistic
+    return float(-d.mean()), date_mean_diebold_mariano(d, dates).statistic
 
 
 def check_widths(logits, targets, categories, dates, category_names, t: float, density,

@@ -92,7 +92,6 @@ def parent_ids(parent_info: dict, unknown: bool, symbols, categories) -> tuple[l
 
 def side_by_side(parent: Path, run_dir: Path, log=print) -> dict:
     """Parent (zero-shot) and fine-tuned model on the fine-tune's test windows; writes finetune.json."""
-    import pandas as pd
 
     from . import metrics as M
     from .checkpoint import write_json
@@ -121,8 +120,7 @@ def side_by_side(parent: Path, run_dir: Path, log=print) -> dict:
                       "dm_p_vs_garch_t": overall["dm"]["vs_garch_t"]["p_value"]}
     a, b = scores["parent (zero-shot)"], scores["fine-tuned"]
     dates = store.dates[a["row"]]
-    daily = pd.Series(b["ret_nll"] - a["ret_nll"]).groupby(np.asarray(dates)).mean().sort_index().to_numpy()
-    dm = M.diebold_mariano(daily, np.zeros_like(daily)).to_dict()
+    dm = M.date_mean_diebold_mariano(b["ret_nll"] - a["ret_nll"], np.asarray(dates)).to_dict()
     helped = dm["mean_difference"] < 0 and dm["p_value"] < 0.05
     verdict = ("fine-tuning helped: lower NLL than the parent, DM p < 0.05" if helped else
                "fine-tuning did not help: " + ("the parent's NLL is lower" if dm["mean_difference"] >= 0 else

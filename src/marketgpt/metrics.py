@@ -354,18 +354,30 @@ def diebold_mariano(loss_a, loss_b, lag: int | None = None) -> DMResult:
     return DMResult(stat, float(2 * special.ndtr(-abs(stat))), mean, n, lag)
 
 
-def pooled_diebold_mariano(d, dates) -> DMResult:
+def date_sums(d, dates) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, count) of the finite values of d on each date, dates in sorted order (empty where none is finite)."""
+    d = np.asarray(d, dtype=np.float64)
+    ok = np.isfinite(d)
+    _, inverse = np.unique(np.asarray(dates)[ok], return_inverse=True)
+    return np.bincount(inverse, weights=d[ok]), np.bincount(inverse).astype(np.float64)
+
+
+def date_mean_diebold_mariano(d, dates, lag: int | None = None) -> DMResult:
+    """DM test on the per-date means of d (a panel of asset-dates): each date weighs the same, whatever the number
+    of assets on it."""
+    sums, counts = date_sums(d, dates)
+    means = sums / counts
+    return diebold_mariano(means, np.zeros_like(means), lag)
+
+
+def pooled_diebold_mariano(d, dates, lag: int | None = None) -> DMResult:
     """DM test of the mean of d over all (asset, date) pairs of a panel: the estimand of a pooled mean skill.
 
     The per-date sums of d divided by the mean count per date form one series whose mean is the pooled mean; its
     HAC variance across dates treats each date's assets as one cluster (their errors are correlated) and keeps
-    the serial correlation. The date-mean DM (diebold_mariano on the per-date means) weighs a date of one asset
-    as much as a date of hundreds; the two differ where the per-date count does (weekends: crypto alone).
+    the serial correlation. The date-mean DM (date_mean_diebold_mariano) weighs a date of one asset as much as a
+    date of hundreds; the two differ where the per-date count does (weekends: crypto alone).
     """
-    d = np.asarray(d, dtype=np.float64)
-    dates = np.asarray(dates)
-    ok = np.isfinite(d)
-    _, inverse = np.unique(dates[ok], return_inverse=True)
-    sums = np.bincount(inverse, weights=d[ok]) if ok.any() else np.zeros(0)
-    per_date = sums / (ok.sum() / sums.size) if sums.size else sums
-    return diebold_mariano(per_date, np.zeros_like(per_date))
+    sums, counts = date_sums(d, dates)
+    per_date = sums * sums.size / max(counts.sum(), 1.0)
+    return diebold_mariano(per_date, np.zeros_like(per_date), lag)

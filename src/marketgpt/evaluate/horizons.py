@@ -172,8 +172,8 @@ def _block(df, names: list[str], h: int) -> dict:
         sub = df[df[f"{b}_crps"].notna()]
         base = mean_or_nan(sub[f"{b}_crps"])
         block["skill"][f"crps_vs_{b}"] = 1.0 - mean_or_nan(sub["model_crps"]) / base if base > 0 else float("nan")
-        d = (sub["model_crps"] - sub[f"{b}_crps"]).groupby(sub["origin"]).mean().sort_index().to_numpy()
-        block["dm"][f"vs_{b}"] = M.diebold_mariano(d, np.zeros_like(d), lag=max(h - 1, 0)).to_dict()
+        block["dm"][f"vs_{b}"] = M.date_mean_diebold_mariano((sub["model_crps"] - sub[f"{b}_crps"]).to_numpy(),
+                                                             sub["origin"].to_numpy(), lag=max(h - 1, 0)).to_dict()
     return block
 
 

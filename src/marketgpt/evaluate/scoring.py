@@ -150,7 +150,6 @@ def mean_or_nan(x) -> float:
 
 def return_block(df) -> dict:
     """Metrics of the close return over the rows of `df` (one group: all, a category or an asset)."""
-    import numpy as np
 
     from .. import metrics as M
 
@@ -172,10 +171,9 @@ def return_block(df) -> dict:
         model_nll, model_crps = mean_or_nan(sub["model_nll"]), mean_or_nan(sub["model_crps"])
         block["skill"][f"nll_vs_{b}"] = bb["nll"] - model_nll if len(sub) else float("nan")
         block["skill"][f"crps_vs_{b}"] = 1.0 - model_crps / bb["crps"] if len(sub) and bb["crps"] > 0 else float("nan")
-        diff = sub["model_nll"] - sub[f"{b}_nll"]
-        d = diff.groupby(sub["date"]).mean().sort_index().to_numpy()
-        block["dm"][f"vs_{b}"] = M.diebold_mariano(d, np.zeros_like(d)).to_dict()
-        block["dm_pooled"][f"vs_{b}"] = M.pooled_diebold_mariano(diff.to_numpy(), sub["date"].to_numpy()).to_dict()
+        diff, dates = (sub["model_nll"] - sub[f"{b}_nll"]).to_numpy(), sub["date"].to_numpy()
+        block["dm"][f"vs_{b}"] = M.date_mean_diebold_mariano(diff, dates).to_dict()
+        block["dm_pooled"][f"vs_{b}"] = M.pooled_diebold_mariano(diff, dates).to_dict()
     up_pred = df["p_up"].to_numpy() > 0.5
     hits = int((up_pred == (y > 0)).sum())
     lo, hi = M.wilson_interval(hits, len(y))
