@@ -155,12 +155,13 @@ def goals(f: dict) -> dict:
     g = o["vs_garch_t"]
     share = f["share_beating_garch_t_min_days"]
     cats = {c: b for c, b in f["per_category"].items() if b["n"] >= MIN_CATEGORY_DAYS}
+    def favours_model(test: str) -> bool:
+        return bool(g["nll_skill"] is not None and g["nll_skill"] > 0 and g[f"{test}statistic"] < 0
+                    and g[f"{test}p"] < 0.05)
+
     out = {"share_beating_garch_t_at_least_0.6": share is not None and share >= 0.6,
-           "nll_skill_positive_date_mean_dm_p_below_0.05": bool(g["nll_skill"] is not None and g["nll_skill"] > 0
-                                                      and g["dm_statistic"] < 0 and g["dm_p"] < 0.05),
-           "nll_skill_positive_pooled_dm_p_below_0.05": bool(g["nll_skill"] is not None and g["nll_skill"] > 0
-                                                             and g["pooled_dm_statistic"] < 0
-                                                             and g["pooled_dm_p"] < 0.05),
+           "nll_skill_positive_date_mean_dm_p_below_0.05": favours_model("dm_"),
+           "nll_skill_positive_pooled_dm_p_below_0.05": favours_model("pooled_dm_"),
            "coverage_in_band_overall": in_band(o),
            "coverage_in_band_every_category": all(in_band(b) for b in cats.values()),
            "categories_checked": sorted(cats),
@@ -301,18 +302,19 @@ def main() -> int:
         keep = best if best and val[best]["overall"]["nll"] < val["previous_default"]["overall"]["nll"] else None
         base = runs["previous_default"]
         t_base = base["calibration"]["close_temperature"]
-        tests = [("previous_default", "previous_default", 1.0, False),
-                 ("calibrated", "previous_default", t_base, False),
-                 ("calibrated_width", "previous_default", t_base, True)]
+        tests = [("previous_default", base["dir"], 1.0, False),
+                 ("calibrated", base["dir"], t_base, False),
+                 ("calibrated_width", base["dir"], t_base, True)]
         if chosen:
             t_chosen = runs[chosen]["calibration"]["close_temperature"]
-            tests += [(f"{chosen}_temperature_only", chosen, t_chosen, False), (chosen, chosen, t_chosen, True)]
+            tests += [(f"{chosen}_temperature_only", runs[chosen]["dir"], t_chosen, False),
+                      (chosen, runs[chosen]["dir"], t_chosen, True)]
         if pooled:
-            tests.append((pooled, pooled, None, True))
+            tests.append((pooled, tmp / pooled, None, True))
         variants = {}
-        for name, run, t, width in tests:
+        for name, run_dir, t, width in tests:
             t0 = time.time()
-            variants[name] = score_split(runs[run]["dir"] if run in runs else tmp / run, "test", t, width)
+            variants[name] = score_split(run_dir, "test", t, width)
             seconds[f"test_{name}"] = round(time.time() - t0, 1)
         cfg, tok, store, model, _ = load_run(base["dir"], "cpu")
         n_assets, n_candles = len(store.symbols), int(len(store.tokens))
