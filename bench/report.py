@@ -172,6 +172,18 @@ def rows_skill(r: dict) -> list[list[str]]:
                      f"calibrated; better than one run on val{', kept' if r.get('kept') == pooled else ''}",
                      text(v[pooled]), "previous default (row above)", gain(v[pooled]),
                      met(v[pooled]["goals"]["all_met"])])
+    names = {"garch_t": "GARCH-t", "garch_t_expanding": "GARCH-t refitted on an expanding window"}
+    for b, g in r.get("baseline_goals", {}).items():
+        o, cats = prev["overall"][f"vs_{b}"], prev["per_category"]
+        per = ", ".join(f"{c} {x[f'vs_{b}']['coverage_80']:.3f}/{x[f'vs_{b}']['coverage_50']:.3f}"
+                        for c, x in cats.items() if c in g["categories_checked"])
+        rows.append([f"the yardstick: {names[b]} itself against the calibration goals, on its "
+                     f"{o['n']:,} test rows",
+                     f"cover 80/50 {o['coverage_80']:.3f}/{o['coverage_50']:.3f} ({per}); PIT "
+                     f"{o['pit_max_dev_in_band']:.1f} bands from flat", "", "",
+                     "coverage in band overall / every category / PIT flat: "
+                     + " / ".join(met(g[k]) for k in ("coverage_in_band_overall", "coverage_in_band_every_category",
+                                                       "pit_flat_overall"))])
     return rows
 
 
