@@ -29,6 +29,7 @@ class ModelConfig:
     category_embed_dim: int = 16
     use_volume: bool = False
     scale_lambda: float = 0.0       # 0: no scale; in (0, 1): the EWMA decay of the volatility scale (tokenizer_scale.py)
+    calendar: bool = False          # an embedding of each candle's weekday (model.py); runs trained before have none
 
 
 @dataclass

@@ -119,15 +119,23 @@ def gather_sequences(store: TokenStore, windows: np.ndarray, context_length: int
     return seq, mask, windows[:, 3]
 
 
-def gather_scale(store: TokenStore, windows: np.ndarray, context_length: int) -> np.ndarray | None:
-    """The model's scale input (B, T) float32 of a batch of windows, or None for a store without a scale: at input
-    position t, the scale of the candle it predicts (rows start+1..start+T), known from the returns up to t."""
-    if store.sigma is None:
-        return None
-    from .tokenizer_scale import model_input
+def weekday(dates) -> np.ndarray:
+    """The weekday (Monday 0 .. Sunday 6, int64) of each date: the model's calendar input (model.calendar)."""
+    return (np.asarray(dates, dtype="datetime64[D]").astype(np.int64) + 3) % 7     # 1970-01-01 was a Thursday
 
-    rows = windows[:, :1] + np.arange(1, context_length + 1)
-    return model_input(np.asarray(store.sigma[rows.ravel()])).reshape(rows.shape).astype(np.float32)
+
+def gather_inputs(store: TokenStore, windows: np.ndarray, context_length: int) -> dict[str, np.ndarray]:
+    """The model's inputs beside the tokens, each (B, T) for a batch of windows: `weekday`, the weekday of each
+    input candle (rows start..start+T-1: its own date, nothing after it), and for a store with a scale `scale`
+    (float32), at input position t the scale of the candle it predicts (rows start+1..start+T), known from the
+    returns up to t. A model without a calendar leaves the weekday unused."""
+    rows = windows[:, :1] + np.arange(context_length)
+    out = {"weekday": weekday(store.dates[rows.ravel()]).reshape(rows.shape)}
+    if store.sigma is not None:
+        from .tokenizer_scale import model_input
+
+        out["scale"] = model_input(np.asarray(store.sigma[rows.ravel() + 1])).reshape(rows.shape).astype(np.float32)
+    return out
 
 
 def gather(store: TokenStore, windows: np.ndarray, context_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

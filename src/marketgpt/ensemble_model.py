@@ -29,9 +29,10 @@ class Ensemble(nn.Module):
         """The first member's token table: where the weights live (Forecaster.device) and their dtype."""
         return self.members[0].tok_emb
 
-    def forward(self, tokens, asset, category, targets=None, mask=None, scale=None):
-        """(log-probabilities (B, T, n, V) of the pool, mean cross-entropy or None): see the module docstring."""
-        logp = torch.stack([torch.log_softmax(m(tokens, asset, category, targets, scale=scale)[0].float(), dim=-1)
+    def forward(self, tokens, asset, category, targets=None, mask=None, **inputs):
+        """(log-probabilities (B, T, n, V) of the pool, mean cross-entropy or None): see the module docstring.
+        inputs: scale and weekday (dataset.gather_inputs), each member takes what it uses."""
+        logp = torch.stack([torch.log_softmax(m(tokens, asset, category, targets, **inputs)[0].float(), dim=-1)
                             for m in self.members])                                     # (M, B, T, n, V)
         if targets is None:
             return torch.logsumexp(logp, dim=0) - math.log(len(self.members)), None

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .config import check_date
+from .dataset import weekday
 from .data.universe import CATEGORIES
 from .data.validate import validate_candles
 from .errors import MarketGPTError
@@ -287,8 +288,12 @@ class Forecaster:
             except MarketGPTError as exc:
                 failed[symbol] = str(exc)
                 continue
+            hist = info["history"]
+            info["calendar"] = calendar_of(hist.date, info["category"])
+            info["dates"] = future_dates(pd.Timestamp(hist.date.iloc[-1]), horizon, info["calendar"])
+            days = weekday(np.concatenate([hist.date.to_numpy()[-len(info["tokens"]):], info["dates"].to_numpy()]))
             prompts.append(Prompt(info.pop("tokens"), info["asset_id"], info["category_id"],
-                                  zlib.crc32(symbol.encode()), info.pop("scale"), info["sigma"]))
+                                  zlib.crc32(symbol.encode()), info.pop("scale"), info["sigma"], days))
             infos.append(info)
         if len(prompts) * num_samples * horizon * 4 > MAX_PATH_VALUES:
             raise MarketGPTError(f"{len(prompts)} assets x {num_samples} samples x {horizon} days need "
@@ -300,11 +305,9 @@ class Forecaster:
         for info, tokens in zip(infos, paths):
             hist = info["history"]
             last_close = float(hist.close.iloc[-1])
-            as_of_date = pd.Timestamp(hist.date.iloc[-1])
-            calendar = calendar_of(hist.date, info["category"])
             assets[info["symbol"]] = AssetForecast(
-                info["symbol"], info["category"], as_of_date, last_close, future_dates(as_of_date, horizon, calendar),
-                self.tokenizer.decode_paths(tokens, last_close, info["sigma"]), info["known"], calendar, hist)
+                info["symbol"], info["category"], pd.Timestamp(hist.date.iloc[-1]), last_close, info["dates"],
+                self.tokenizer.decode_paths(tokens, last_close, info["sigma"]), info["known"], info["calendar"], hist)
         return Forecast(assets, failed, horizon, num_samples, self.name, seed)
 
     def _prepare(self, symbol: str, frame: pd.DataFrame, cutoff, category: str | None) -> dict:

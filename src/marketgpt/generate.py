@@ -23,6 +23,9 @@ predicts. A prompt then carries those inputs and sigma, the scale of the first c
 own sigma, updated after every sampled candle by the tokenizer's EWMA recursion with that candle's close return
 (its close token's decode value times sigma), so the next position gets the path's own scale, and
 `CandleTokenizer.decode_paths(tokens, last_close, sigma)` runs the same recursion to decode the path.
+
+**Calendar.** A model with model.calendar takes each candle's weekday. A prompt then carries the weekdays of its
+candles and of the candles to sample (the forecaster's future dates, forecast.future_dates), the same on every path.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Prompt:
     key: int
     scale: np.ndarray | None = None   # (n,) the model's scale input at each position, for a scaled tokenizer
     sigma: float | None = None        # the scale of the first candle to sample
+    weekday: np.ndarray | None = None  # (n + horizon,) the weekday (Monday 0) of each candle, then of each to sample
 
 
 @dataclass
@@ -127,7 +131,11 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
     category = torch.tensor([prompts[p].category for p in owners], device=device)
     u = torch.from_numpy(np.concatenate([uniforms[p][a:b] for p, a, b in rows])).to(device)   # (B, H, C)
     index = torch.from_numpy(owner_index).to(device)
-    sc = d_sc = sigma = None
+    sc = d_sc = sigma = wd = d_wd = None
+    if prompts[distinct[0]].weekday is not None:   # the calendar: the same along every path of a prompt
+        d_wd = torch.from_numpy(np.stack([prompts[p].weekday[len(prompts[p].tokens) - first:][:first + horizon]
+                                          for p in distinct]).astype(np.int64)).to(device)
+        wd = d_wd[index]
     if path_scale is not None:   # the model's scale inputs along each path, and each path's sigma (float64)
         d_sc = torch.from_numpy(np.stack([prompts[p].scale[-first:] for p in distinct]).astype(np.float32)).to(device)
         sc = torch.empty(B, first + horizon, dtype=torch.float32, device=device)
@@ -135,17 +143,18 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
         sigma = torch.tensor([prompts[p].sigma for p in owners], dtype=torch.float64, device=device)
         values = torch.from_numpy(path_scale.close_values).to(device)
 
-    def inputs(a: int, b: int):
-        return None if sc is None else sc[:, a:b]
+    def inputs(a: int, b: int, scale=sc, weekday=wd) -> dict:      # the paths' inputs (or the distinct prompts')
+        return {k: v[:, a:b] for k, v in (("scale", scale), ("weekday", weekday)) if v is not None}
 
     if use_cache:   # each distinct prompt is encoded once per chunk and its cache shared by its paths there
         d_asset = torch.tensor([prompts[p].asset for p in distinct], device=device)
         d_category = torch.tensor([prompts[p].category for p in distinct], device=device)
         cache = model.new_cache(len(distinct))
-        h = model.hidden(heads, d_asset, d_category, cache, scale=d_sc)[:, -1].index_select(0, index)
+        h = model.hidden(heads, d_asset, d_category, cache, **inputs(0, first, d_sc, d_wd))[:, -1]
+        h = h.index_select(0, index)
         cache = cache.select(index)
     else:
-        h = model.hidden(seq[:, :first], asset, category, scale=inputs(0, first))[:, -1]
+        h = model.hidden(seq[:, :first], asset, category, **inputs(0, first))[:, -1]
     start, length = 0, first
     for step in range(horizon):
         seq[:, length] = _sample_candle(model, h, u[:, step], temperature, top_p, category)
@@ -163,12 +172,12 @@ def _chunk_paths(model: MarketGPT, prompts: list[Prompt], rows: list[tuple[int, 
         if reprime:
             start = length - keep
         if not use_cache:
-            h = model.hidden(seq[:, start:length], asset, category, scale=inputs(start, length))[:, -1]
+            h = model.hidden(seq[:, start:length], asset, category, **inputs(start, length))[:, -1]
         elif reprime:
             cache = model.new_cache(B)
-            h = model.hidden(seq[:, start:length], asset, category, cache, scale=inputs(start, length))[:, -1]
+            h = model.hidden(seq[:, start:length], asset, category, cache, **inputs(start, length))[:, -1]
         else:
-            h = model.hidden(seq[:, length - 1:length], asset, category, cache, scale=inputs(length - 1, length))[:, -1]
+            h = model.hidden(seq[:, length - 1:length], asset, category, cache, **inputs(length - 1, length))[:, -1]
     return seq[:, first:].cpu().numpy()
 
 
@@ -196,6 +205,10 @@ def sample_paths(model: MarketGPT, prompts: list[Prompt], horizon: int, num_samp
     for i, p in enumerate(prompts):
         if len(p.tokens) < 1:
             raise ValueError(f"prompt {i} has no tokens")
+        if (p.weekday is None) != (prompts[0].weekday is None) or (
+                p.weekday is not None and len(p.weekday) < len(p.tokens) + horizon):
+            raise ValueError(f"prompt {i}: every prompt or none carries weekdays, {len(p.tokens)} + horizon "
+                             f"{horizon} of them, got {None if p.weekday is None else len(p.weekday)}")
         groups.setdefault(window_plan(len(p.tokens), horizon, T)[0], []).append(i)
     out = {i: np.empty((num_samples, horizon, C), dtype=np.int64) for i in range(len(prompts))}
     was_training = model.training

@@ -1,8 +1,9 @@
 """MarketGPT: a GPT over daily candles, each candle a tuple of C channel tokens (close, open, upper, lower [, volume]).
 
 Input at position t: the sum of the C channel-token embeddings of candle t, a projection of the asset and category
-embeddings, and a learned position embedding. A stack of pre-LN transformer blocks with causal attention gives the
-final hidden state h_t, which sees candles 0..t only.
+embeddings, and a learned position embedding (with model.calendar also an embedding of candle t's weekday; with a
+scaled tokenizer a projection of the log scale of candle t+1, known at t). A stack of pre-LN transformer blocks with
+causal attention gives the final hidden state h_t, which sees candles 0..t only.
 
 Output: C heads predicting candle t+1 one channel after the other (close first). Channel k of candle t+1 is read from
     z_tk = LayerNorm(h_t + sum_{j<k} E_j(y_j))        logits_tk = z_tk @ W_k
@@ -154,6 +155,8 @@ class MarketGPT(nn.Module):
         self.meta_proj = nn.Linear(cfg.asset_embed_dim + cfg.category_embed_dim, D)
         # the log volatility scale of the candle each position predicts (tokenizer_scale.py), for scaled tokenizers
         self.scale_proj = nn.Linear(1, D) if cfg.scale_lambda > 0 else None
+        # the weekday of each input candle (model.calendar): crypto trades on weekends, when it moves less
+        self.weekday_emb = nn.Embedding(7, D) if cfg.calendar else None
         self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(D)
@@ -183,9 +186,11 @@ class MarketGPT(nn.Module):
 
     # --- trunk ------------------------------------------------------------------------------------
     def hidden(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
-               cache: KVCache | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, scale: torch.Tensor | None = None,
+               weekday: torch.Tensor | None = None) -> torch.Tensor:
         """Final-LayerNorm hidden states (B, T, d_model) of candles tokens (B, T, C); h[:, t] sees candles <= t.
-        scale (B, T): the scale input of each position (dataset.gather_scale), required by a model with scale_proj.
+        scale (B, T): the scale input of each position (dataset.gather_inputs), required by a model with scale_proj;
+        weekday (B, T) int: each candle's weekday (Monday 0), required by a model with a calendar, unused without.
 
         With a KV cache (see new_cache) the tokens continue the cached ones: an empty cache takes a whole prompt,
         after that one candle per call, at position cache.length."""
@@ -202,6 +207,11 @@ class MarketGPT(nn.Module):
                 raise ValueError(f"the model takes a scale input shaped like the tokens' {tuple(tokens.shape[:2])}, got "
                                  f"{None if scale is None else tuple(scale.shape)}")
             x = x + self.scale_proj(scale.unsqueeze(-1).to(x.dtype))
+        if self.weekday_emb is not None:
+            if weekday is None or weekday.shape != tokens.shape[:2]:
+                raise ValueError(f"the model takes a weekday input shaped like the tokens' {tuple(tokens.shape[:2])}, "
+                                 f"got {None if weekday is None else tuple(weekday.shape)}")
+            x = x + self.weekday_emb(weekday.long())
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if cache is not None:
@@ -267,7 +277,8 @@ class MarketGPT(nn.Module):
 
     def forward(self, tokens: torch.Tensor, asset: torch.Tensor, category: torch.Tensor,
                 targets: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                scale: torch.Tensor | None = None,
+                weekday: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, loss). With targets (B, T, C) = candle t+1 at each t: teacher-forced logits (B, T, C, V) and the
         mean cross-entropy over channels and the positions where mask (B, T) is true (all positions without a mask).
         Without targets: the close channel's logits (B, T, 1, V) (the other channels need the earlier channels of the
@@ -276,7 +287,8 @@ class MarketGPT(nn.Module):
         The (B, T, C, V) logits are a permuted view of a contiguous (C, B, T, V) buffer, so the loss is computed in
         that layout (targets permuted the same way) without copying the logits.
         """
-        logits = self.channel_logits(self.hidden(tokens, asset, category, scale=scale), targets, category)
+        logits = self.channel_logits(self.hidden(tokens, asset, category, scale=scale, weekday=weekday), targets,
+                                     category)
         if targets is None:
             return logits, None
         V = logits.shape[-1]

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .baselines import unigram_nll
 from .checkpoint import load_checkpoint, save_atomic, write_json
 from .config import Config, read_json
-from .dataset import TokenStore, gather_scale, gather_sequences, make_windows
+from .dataset import TokenStore, gather_inputs, gather_sequences, make_windows
 from .distributed import (
     Dist,
     all_gather_objects,
@@ -137,7 +137,7 @@ class Trainer:
 
     def batch(self, windows: np.ndarray, hidden: tuple[np.ndarray, np.ndarray] | None = None):
         seq, mask, asset = gather_sequences(self.store, windows, self.cfg.model.context_length)
-        scale = gather_scale(self.store, windows, self.cfg.model.context_length)
+        inputs = gather_inputs(self.store, windows, self.cfg.model.context_length)
         asset_t = torch.from_numpy(asset)
         category = self.categories[asset_t]
         if hidden is not None:
@@ -145,13 +145,13 @@ class Trainer:
             category = torch.where(torch.from_numpy(hidden[1]), self.model.unknown_category, category)
         # inputs and targets are two views of one (B, T+1, C) tensor: one copy to the device instead of two
         host = [torch.from_numpy(seq), torch.from_numpy(mask), asset_t, category,
-                torch.from_numpy(np.zeros((0,), np.float32) if scale is None else scale)]
+                *(torch.from_numpy(inputs[k]) for k in sorted(inputs))]
         if self.d.device.type == "cuda":
             # Pinned host memory makes the copies asynchronous: the host prepares the next batch while the device
             # still runs this step (a copy from pageable memory waits for the device first).
             host = [t.pin_memory().to(self.d.device, non_blocking=True) for t in host]
-        seq, mask_t, asset_t, category, scale_t = host
-        return seq[:, :-1], seq[:, 1:], mask_t, asset_t, category, (None if scale is None else scale_t)
+        seq, mask_t, asset_t, category, *rest = host
+        return seq[:, :-1], seq[:, 1:], mask_t, asset_t, category, dict(zip(sorted(inputs), rest))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The same permutation on every rank, and after a resume: it depends on the seed and epoch only."""
@@ -172,13 +172,13 @@ class Trainer:
         hidden = self.hidden_ids(len(global_windows))
         if hidden is not None:
             hidden = tuple(m[self.d.rank::self.d.world_size] for m in hidden)
-        x, y, mask, asset, category, scale = self.batch(local, hidden)
+        x, y, mask, asset, category, inputs = self.batch(local, hidden)
         T = self.cfg.model.context_length
         n_global, n_local = count_targets(global_windows, T), count_targets(local, T)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.state.global_step, self.total_steps, self.cfg)
         with self.autocast():
-            logits, loss = self.forward(x, asset, category, y, mask, scale=scale)
+            logits, loss = self.forward(x, asset, category, y, mask, **inputs)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (n_local * self.d.world_size / n_global)).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.gradient_clip)
@@ -205,9 +205,9 @@ class Trainer:
         mine = windows[self.d.rank::self.d.world_size]
         for i in range(0, len(mine), self.cfg.training.batch_size):
             chunk = mine[i:i + self.cfg.training.batch_size]
-            x, y, mask, asset, category, scale = self.batch(chunk)
+            x, y, mask, asset, category, inputs = self.batch(chunk)
             with self.autocast():
-                logits, loss = self.model(x, asset, category, y, mask, scale=scale)
+                logits, loss = self.model(x, asset, category, y, mask, **inputs)
             n = count_targets(chunk, T)
             loss64 = loss.double()
             totals += torch.cat([torch.stack([loss64 * n * C, loss64.new_full((), n)]),

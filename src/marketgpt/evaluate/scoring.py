@@ -40,10 +40,11 @@ def check_split(split: str) -> str:
 def model_batches(model, store, windows, context_length: int, batch_size: int = 32, device=None):
     """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows,
     batch_size at a time, under inference mode: yields (windows, mask (B, T), logits (n, C, V) float32, targets (n, C))
-    of each batch's scored targets, each target once. A store with a scale hands the model its scale input too."""
+    of each batch's scored targets, each target once. The model also gets dataset.gather_inputs: the weekdays, and
+    a store's scale."""
     import torch
 
-    from ..dataset import gather, gather_scale
+    from ..dataset import gather, gather_inputs
 
     if device is None:
         params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
@@ -56,8 +57,7 @@ def model_batches(model, store, windows, context_length: int, batch_size: int = 
             x, y, mask, asset = gather(store, w, context_length)
             asset_t = torch.from_numpy(asset)
             xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            scale = gather_scale(store, w, context_length)
-            extra = {} if scale is None else {"scale": torch.from_numpy(scale).to(device)}
+            extra = {k: torch.from_numpy(v).to(device) for k, v in gather_inputs(store, w, context_length).items()}
             logits, _ = model(xt, asset_t.to(device), categories[asset_t].to(device), yt, **extra)
             m = torch.from_numpy(mask).to(device)
             yield w, mask, logits[m].float(), yt[m]

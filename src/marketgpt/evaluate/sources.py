@@ -40,11 +40,11 @@ class IdMap:
     def parameters(self):
         return self.model.parameters()
 
-    def __call__(self, tokens, asset, category, targets=None, **scale):
+    def __call__(self, tokens, asset, category, targets=None, **inputs):
         device = tokens.device
         index = asset.cpu()
         return self.model(tokens, self.asset_ids[index].to(device), self.category_ids[index].to(device), targets,
-                          **scale)
+                          **inputs)
 
 
 def run_source(cfg, store, split: str) -> Source:
