@@ -166,6 +166,14 @@ def rows_skill(r: dict) -> list[list[str]]:
                   "previous default (row above)", gain(v[chosen]), met(v[chosen]["goals"]["all_met"])],
                  ["the scale lever, the temperature alone", text(v[f"{chosen}_temperature_only"]),
                   "previous default (row above)", gain(v[f"{chosen}_temperature_only"]), ""]]
+    for name, run in r["runs"].items():      # the calendar lever (--calendar): chosen on val or not, with the numbers
+        plain = name.removesuffix("_calendar")
+        if run.get("calendar") and name in r["val"] and plain in r["val"]:
+            nll, ref = r["val"][name]["overall"]["nll"], r["val"][plain]["overall"]["nll"]
+            rows.append(["the calendar lever: the same scale run with each candle's weekday as an input "
+                         "(model.calendar), on val", f"val NLL {nll:.4f}", f"without it: {ref:.4f}",
+                         f"NLL {ref - nll:+.4f} nats/day on val",
+                         "chosen on val" if name == chosen else "worse on val, not kept (test not scored)"])
     pooled = r.get("ensemble_kept")
     if pooled:
         rows.append([f"the linear pool of {r['seeds']} seeds of the scale lever (`marketgpt ensemble`), each "
