@@ -38,10 +38,10 @@ def check_split(split: str) -> str:
 
 
 def model_batches(model, store, windows, context_length: int, batch_size: int = 32, device=None):
-    """Run `model` (any callable (tokens, asset, category, targets) -> (logits (B,T,C,V), loss)) over the windows,
-    batch_size at a time, under inference mode: yields (windows, mask (B, T), logits (n, C, V) float32, targets (n, C))
-    of each batch's scored targets, each target once. The model also gets dataset.gather_inputs: the weekdays, and
-    a store's scale."""
+    """Run `model` (any callable (tokens, asset, category, targets, **inputs) -> (logits (B,T,C,V), loss)) over the
+    windows, batch_size at a time, under inference mode: yields (windows, mask (B, T), logits (n, C, V) float32,
+    targets (n, C)) of each batch's scored targets, each target once. inputs are dataset.gather_inputs': the weekdays,
+    and a store's scale; the model takes those it uses."""
     import torch
 
     from ..dataset import gather, gather_inputs
