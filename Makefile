@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/skill.py
+	$(BIN)/python bench/horizons.py
 	$(BIN)/python bench/report.py
 
 clean:

@@ -112,9 +112,20 @@ def synthetic_trainer(cfg: Config, folder: Path, d: Dist | None = None) -> Train
     return Trainer(cfg, folder, d or Dist(), log=lambda *a, **k: None)
 
 
-def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, result: dict, path: Path | None = None) -> Path:
+    """Write a result to `path` (default bench/results/<name>.json), with the load average at the end."""
     result.setdefault("machine", {})["load1_end"] = load1()
-    path = RESULTS / f"{name}.json"
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def finish(name: str, result: dict, path: Path, seconds: float) -> int:
+    """Write a result (made JSON-safe) to `path`, say so with the time taken and the load, and give the exit code."""
+    from marketgpt.evaluate.scoring import json_safe
+
+    result = json_safe(result)
+    path = write_result(name, result, path)
+    print(f"{seconds / 60:.1f} minutes; load average now {result['machine']['load1_end']}; wrote {path}")
+    return 0

@@ -195,6 +195,25 @@ def rows_skill(r: dict) -> list[list[str]]:
     return rows
 
 
+def rows_horizons(r: dict) -> list[list[str]]:
+    rows = []
+    for h, f in r["figures"].items():
+        o, g = f["overall"], f["overall"]["vs_garch_t"]
+        first = h == str(r["horizons"][0])
+        rows.append([f"{h}-day close return from sample paths on test, {r['origins']} origins every {r['every']} days, "
+                     f"{r['samples']} paths ({r['run']}{', --quick' if r['quick'] else ''}"
+                     + (f"; {r['seconds']['total'] / 60:.1f} min)" if first else ")"),
+                     f"{o['n']:,} forecasts; CRPS {o['crps']:.5f}; cover 50/80/95 {o['coverage_50']:.3f}/"
+                     f"{o['coverage_80']:.3f}/{o['coverage_95']:.3f}",
+                     f"GARCH-t CRPS skill {g['crps_skill']:+.4f} (DM {g['dm_statistic']:+.2f}, p {g['dm_p']:.2g}; its "
+                     f"cover {g['coverage_50']:.3f}/{g['coverage_80']:.3f}/{g['coverage_95']:.3f}); RW "
+                     f"{o['vs_random_walk']['crps_skill']:+.4f} (DM {o['vs_random_walk']['dm_statistic']:+.2f}); "
+                     f"bootstrap {o['vs_bootstrap']['crps_skill']:+.4f}",
+                     f"CRPS skill {g['crps_skill']:+.4f}",
+                     f"{r['summary']['target']}: {met(r['summary']['met'])}" if first else ""])
+    return rows
+
+
 def rows_api_load(r: dict) -> list[list[str]]:
     res, ref = r["results"], r["results"]["health"]
     names = {"signals": "GET /v1/signals", "history": "GET /v1/signals/history", "fan": "GET /v1/fan",
@@ -250,8 +269,9 @@ def rows_monitor_alarm(r: dict) -> list[list[str]]:
 
 FORMATTERS = {"skill": rows_skill, "train_throughput": rows_train_throughput, "generate": rows_generate, "backtest": rows_backtest, "time_to_loss": rows_time_to_loss, "memory": rows_memory,
               "tokenizer": rows_tokenizer, "data_load": rows_data_load, "api_load": rows_api_load,
-              "monitor_alarm": rows_monitor_alarm}
-ORDER = ["train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load", "skill"]
+              "monitor_alarm": rows_monitor_alarm, "horizons": rows_horizons}
+ORDER = ["train_throughput", "time_to_loss", "memory", "generate", "backtest", "tokenizer", "data_load", "skill",
+         "horizons"]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

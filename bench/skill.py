@@ -104,7 +104,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, RESULTS, case_config, describe, load1, machine  # noqa: E402
+from common import ROOT, RESULTS, case_config, describe, finish, machine  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SHAPES = {"model.vocab_size": 256, "model.context_length": 128, "model.d_model": 192, "model.num_layers": 4,
@@ -281,7 +281,6 @@ def main() -> int:
         return 2
 
     from marketgpt.calibration import CHECK_Z, calibrate_run
-    from marketgpt.evaluate.scoring import json_safe
     from marketgpt.run import load_run
 
     mach = machine(torch.device("cpu"))
@@ -402,11 +401,7 @@ def main() -> int:
               "summary": {"target": "share >= 0.6, NLL skill > 0 at pooled DM p < 0.05, coverage 80/50 in "
                                     "[0.77, 0.83]/[0.47, 0.53], PIT flat",
                           "default": default, "met": variants[default]["goals"]["all_met"]}}
-    mach["load1_end"] = load1()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(json_safe(result), indent=2) + "\n")
-    print(f"{total_s / 60:.1f} minutes; load average now {mach['load1_end']}; wrote {args.out}")
-    return 0
+    return finish("skill", result, args.out, total_s)
 
 
 if __name__ == "__main__":
