@@ -61,6 +61,10 @@ GARCH-t, 80% / 50% coverage):
   training). The calibration undoes what the weight does: T rises from 1.137 to 1.185 and 1.224 (the close head
   grows more confident, not better), cover 80 / 50 0.798 / 0.510 and 0.798 / 0.508. No gain, so the loss stays the
   plain mean over channels and the option was not kept.
+- A second scale input beside log sigma (lambda 0.97): log(sigma_fast / sigma), a faster past-only EWMA over the
+  slow one, for volatility breaks the slow one lags (a prototype, not kept in the code), same protocol, val only:
+  fast lambda 0.8 -3.0038 (-0.0011 nats/day; every category but emerging loses), 0.9 -3.0048 (-0.0002); cover
+  80 / 50 0.802 / 0.515 and 0.804 / 0.516. The model already reads its recent candles, which carry that signal.
 - 12 x 100, lambda 0.97, 2 seeds (the default now): 39.2 minutes on an idle machine (trainings 10.1, 7.2 and 8.6
   minutes; val scoring 1.5 to 1.7 minutes a model, test 1.3 to 1.6). Val NLL: the pool -3.0062 against one run
   -3.0050 (kept). Test, as in the previous run for the single models (seed 1337 trains bit for bit the same), with
