@@ -47,9 +47,8 @@ from common import RESULTS, describe, finish, machine  # noqa: E402
 from skill import SHARED, train_one, universe_csv  # noqa: E402
 
 HORIZONS = (1, 5, 21, 42)
-EVERY = 63          # 26 origins over the test split of ../shared/data: ~20 minutes of sampling on 2 cores
+EVERY = 63          # 25 origins over the test split of ../shared/data: 13 minutes of sampling on 2 cores
 SAMPLES = 100
-CHOSEN = ["model.scale_lambda=0.97", "model.calendar=false"]     # bench/skill.py's choice on val
 BASELINES = ("garch_t", "random_walk", "bootstrap")
 COVERAGE = ("coverage_50", "coverage_80", "coverage_95")
 
@@ -90,17 +89,18 @@ def main() -> int:
         return 2
 
     from marketgpt.errors import MarketGPTError
-    from marketgpt.evaluate.multi_horizon import evaluate_horizons, parse_horizons
+    from marketgpt.evaluate.multi_horizon import check_options, evaluate_horizons, parse_horizons
     from marketgpt.evaluate.sources import run_source
     from marketgpt.forecast import Forecaster
     from marketgpt.run import load_run
 
+    every = args.every if args.every is not None else (189 if args.quick else EVERY)
     try:
         horizons = parse_horizons(args.horizons)
+        check_options(every, args.samples)
     except MarketGPTError as e:
         print(e, file=sys.stderr)
         return 2
-    every = args.every or (189 if args.quick else EVERY)
     mach = machine(torch.device("cpu"))
     print(f"machine: {describe(mach)}; 1-min load average {mach['load1_start']} (includes this process)", flush=True)
     started = time.time()
@@ -111,8 +111,8 @@ def main() -> int:
             tmp = Path(scratch)
             universe, _ = universe_csv(args.data, tmp, 2 if args.quick else None)
             epochs, steps = (2, 30) if args.quick else (12, 100)
-            train_one(args, tmp, "scale_0.97", epochs, steps, universe, CHOSEN)
-            run_dir = tmp / "scale_0.97"
+            # configs/sample.json's model options (scale 0.97, no calendar: bench/skill.py's choice on val)
+            run_dir = train_one(args, tmp, "default", epochs, steps, universe, [])
             seconds["train"] = round(time.time() - started, 1)
         cfg, tok, store, model, _ = load_run(run_dir, "cpu")
         source = run_source(cfg, store, "test")
@@ -121,7 +121,7 @@ def main() -> int:
                                                source.categories, source.start, source.end, horizons, every,
                                                args.samples, 0, log=lambda m: print(m, flush=True))
         seconds["horizons"] = round(time.time() - t0, 1)
-        run_text = str(args.run) if args.run else (f"scale 0.97 at bench/skill.py's shapes, "
+        run_text = str(args.run) if args.run else (f"scale {cfg.model.scale_lambda:g} at bench/skill.py's shapes, "
                                                    f"{epochs} x {steps} steps, seed {args.seed}, calibrated on val")
         calibration = json.loads((run_dir / "calibration.json").read_text()) if (
             run_dir / "calibration.json").exists() else None

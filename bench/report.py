@@ -205,7 +205,7 @@ def rows_horizons(r: dict) -> list[list[str]]:
                      + (f"; {r['seconds']['total'] / 60:.1f} min)" if first else ")"),
                      f"{o['n']:,} forecasts; CRPS {o['crps']:.5f}; cover 50/80/95 {o['coverage_50']:.3f}/"
                      f"{o['coverage_80']:.3f}/{o['coverage_95']:.3f}",
-                     f"GARCH-t CRPS skill {g['crps_skill']:+.4f} (DM {g['dm_statistic']:+.2f}, p {g['dm_p']:.2g}; its "
+                     f"GARCH-t refitted at each origin (DM {g['dm_statistic']:+.2f}, p {g['dm_p']:.2g}; its "
                      f"cover {g['coverage_50']:.3f}/{g['coverage_80']:.3f}/{g['coverage_95']:.3f}); RW "
                      f"{o['vs_random_walk']['crps_skill']:+.4f} (DM {o['vs_random_walk']['dm_statistic']:+.2f}); "
                      f"bootstrap {o['vs_bootstrap']['crps_skill']:+.4f}",
